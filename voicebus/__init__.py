@@ -1,0 +1,75 @@
+"""voicebus: the event bus for voice assistants, over MQTT the way Rhasspy's Hermes does.
+
+```python
+from voicebus import EventBus, EventType, Event
+
+bus = await EventBus.get_instance()      # memory:// unless VOICEBUS_URL is set
+await bus.start()
+bus.subscribe(EventType.SPEECH_DETECTED, handler)
+await bus.emit(EventType.SPEECH_DETECTED, {"text": "Hello world"})
+```
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from . import models
+from .bus import EventBus
+from .errors import (
+    AuthenticationError,
+    BackpressureError,
+    BrokerUnavailableError,
+    BusStateError,
+    DecodeError,
+    NotAuthorizedError,
+    PayloadTooLargeError,
+    PayloadValidationError,
+    PublishTimeoutError,
+    TLSError,
+    TopicError,
+    TransportError,
+    UnknownEventTypeError,
+    VoicebusError,
+)
+from .events import Event, EventType
+from .models import Payload
+from .routes import ROUTES, Route, RouteTable, register_route, topic_for
+from .singleton import emit_event, subscribe_to_events
+from .subscriptions import Subscription
+
+try:
+    __version__ = version("voicebus")
+except PackageNotFoundError:  # running from a source tree
+    __version__ = "0.0.0"
+
+__all__ = [
+    "ROUTES",
+    "AuthenticationError",
+    "BackpressureError",
+    "BrokerUnavailableError",
+    "BusStateError",
+    "DecodeError",
+    "Event",
+    "EventBus",
+    "EventType",
+    "NotAuthorizedError",
+    "Payload",
+    "PayloadTooLargeError",
+    "PayloadValidationError",
+    "PublishTimeoutError",
+    "Route",
+    "RouteTable",
+    "Subscription",
+    "TLSError",
+    "TopicError",
+    "TransportError",
+    "UnknownEventTypeError",
+    "VoicebusError",
+    "__version__",
+    "emit_event",
+    "models",
+    "register_route",
+    "subscribe_to_events",
+    "topic_for",
+]

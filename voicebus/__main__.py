@@ -1,0 +1,5 @@
+"""``python -m voicebus`` runs the CLI."""
+
+from .cli import app
+
+app()

@@ -1,0 +1,180 @@
+"""Encode events into MQTT messages and decode messages back into events.
+
+Payload: the event data as plain JSON on the route's topic. Envelope: MQTT 5
+properties (user properties ``id``, ``source``, ``type``, ``time``, ``metadata``
+as JSON; the correlation id in Correlation Data), so a peer that only sees topic
+and payload (Home Assistant, Rhasspy) misses nothing it needs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from enum import Enum
+from typing import Any
+
+import pydantic
+from pydantic_core import from_json, to_json
+
+from .errors import DecodeError, PayloadValidationError
+from .events import Event
+from .models import Payload
+from .routes import Route, RouteTable
+from .transport.base import Message
+
+CONTENT_TYPE = "application/json"
+
+
+def validate_payload(route: Route, data: Mapping[str, Any] | Payload) -> dict[str, Any]:
+    """Validate `data` against the route's model; return the wire keys with defaults."""
+    model = route.model
+    try:
+        if isinstance(data, model):
+            obj = data
+        elif isinstance(data, pydantic.BaseModel):
+            obj = model.model_validate(data.model_dump(by_alias=True))
+        else:
+            obj = model.model_validate(data)
+    except pydantic.ValidationError as exc:
+        raise _payload_error(route.event_type, exc) from None
+    return obj.model_dump(by_alias=True, exclude_none=True)
+
+
+def _payload_error(event_type: Enum, exc: pydantic.ValidationError) -> PayloadValidationError:
+    errors = exc.errors(include_url=False)
+    fields = [".".join(str(part) for part in err["loc"]) for err in errors]
+    detail = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'payload'}: {e['msg']}" for e in errors)
+    return PayloadValidationError(str(event_type.value), fields, detail)
+
+
+def encode(
+    route: Route,
+    data: Mapping[str, Any] | Payload,
+    *,
+    event_id: str,
+    source: str | None,
+    correlation_id: str | None,
+    metadata: Mapping[str, Any] | None,
+) -> tuple[Event, Message]:
+    """Validate and encode one event; nothing is sent."""
+    wire = validate_payload(route, data)
+    topic = route.topic(wire)
+    timestamp = time.time()
+    event = Event(
+        route.event_type,
+        wire,
+        event_id,
+        source,
+        timestamp,
+        correlation_id,
+        dict(metadata) if metadata else {},
+        topic,
+    )
+    if route.topic_only:
+        wire = {k: v for k, v in wire.items() if k not in route.topic_only}
+    props: list[tuple[str, str]] = [
+        ("id", event_id),
+        ("type", route.event_type.value),
+        ("time", repr(timestamp)),
+    ]
+    if source:
+        props.append(("source", source))
+    if metadata:
+        props.append(("metadata", to_json(metadata).decode()))
+    message = Message(
+        topic,
+        to_json(wire),
+        route.qos,
+        route.retain,
+        correlation_id.encode() if correlation_id is not None else None,
+        tuple(props),
+        CONTENT_TYPE,
+    )
+    return event, message
+
+
+def parse_json_object(payload: bytes) -> dict[str, Any]:
+    """The payload as a JSON object, or `DecodeError` with the reason."""
+    try:
+        value = from_json(payload)
+    except ValueError as exc:
+        try:
+            payload.decode("utf-8")
+        except UnicodeDecodeError as uexc:
+            raise DecodeError("invalid_utf8", f"payload is not UTF-8: {uexc}") from None
+        raise DecodeError("invalid_json", f"payload is not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise DecodeError("not_an_object", f"payload is JSON {type(value).__name__}, not an object")
+    return value
+
+
+class InvalidMessage(DecodeError):
+    """A message on a routed topic that could not be decoded; `event` holds what arrived."""
+
+    def __init__(self, reason: str, detail: str, event: Event | None) -> None:
+        super().__init__(reason, detail)
+        self.event = event
+
+
+def decode(message: Message, routes: RouteTable, new_id: Callable[[], str]) -> Event:
+    """Turn an inbound message into an `Event`.
+
+    Raises `DecodeError` (reason ``unknown_topic``) when no route knows the topic,
+    and `InvalidMessage` when the payload is not a valid event of that route.
+    """
+    found = routes.match(message.topic)
+    if found is None:
+        raise DecodeError("unknown_topic", f"no route for topic {message.topic!r}")
+    route, params = found
+    event_id = ""
+    source = None
+    timestamp = 0.0
+    metadata: dict[str, Any] = {}
+    for key, value in message.user_properties:
+        if key == "id":
+            event_id = value
+        elif key == "source":
+            source = value
+        elif key == "time":
+            try:
+                timestamp = float(value)
+            except ValueError:
+                timestamp = 0.0
+        elif key == "metadata":
+            try:
+                parsed = from_json(value)
+            except ValueError:
+                parsed = None
+            if isinstance(parsed, dict):
+                metadata = parsed
+    correlation_id = None
+    if message.correlation_data is not None:
+        correlation_id = message.correlation_data.decode("utf-8", "replace")
+    event = Event(
+        route.event_type,
+        {},
+        event_id or new_id(),
+        source,
+        timestamp or time.time(),
+        correlation_id,
+        metadata,
+        message.topic,
+    )
+    try:
+        raw = parse_json_object(message.payload)
+    except DecodeError as exc:
+        raise InvalidMessage(exc.reason, str(exc), event) from None
+    if params:
+        raw.update(params)
+    event.data = raw
+    try:
+        data = route.model.model_validate(raw).model_dump(by_alias=True, exclude_none=True)
+    except pydantic.ValidationError as exc:
+        error = _payload_error(route.event_type, exc)
+        raise InvalidMessage("validation", str(error), event) from None
+    event.data = data
+    if correlation_id is None:
+        session = data.get("sessionId")
+        if isinstance(session, str):
+            event.correlation_id = session
+    return event

@@ -1,0 +1,73 @@
+"""The voicebus error tree: every error voicebus raises is a `VoicebusError`."""
+
+from __future__ import annotations
+
+
+class VoicebusError(Exception):
+    """Base class of every error raised by voicebus."""
+
+
+class PayloadValidationError(VoicebusError, ValueError):
+    """A payload does not match the model of its event type."""
+
+    def __init__(self, event_type: str, fields: list[str], detail: str) -> None:
+        self.event_type = event_type
+        self.fields = fields
+        names = ", ".join(fields) or "payload"
+        super().__init__(f"invalid {event_type} payload, field(s) {names}: {detail}")
+
+
+class TopicError(VoicebusError, ValueError):
+    """A topic, topic filter or topic parameter is not acceptable."""
+
+
+class UnknownEventTypeError(VoicebusError, LookupError):
+    """No route is registered for an event type or topic."""
+
+
+class DecodeError(VoicebusError):
+    """An inbound message could not be turned into an `Event`.
+
+    `reason` is a short machine-readable code (``invalid_utf8``, ``invalid_json``,
+    ``not_an_object``, ``validation``, ``unknown_topic``).
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason = reason
+        super().__init__(f"{reason}: {detail}")
+
+
+class BusStateError(VoicebusError, RuntimeError):
+    """The bus is not in a state that allows the operation (e.g. not started)."""
+
+
+class TransportError(VoicebusError, ConnectionError):
+    """The transport failed (broker unreachable, connection lost, ...)."""
+
+
+class BrokerUnavailableError(TransportError):
+    """The broker could not be reached."""
+
+
+class AuthenticationError(TransportError):
+    """The broker refused the credentials."""
+
+
+class TLSError(TransportError):
+    """The TLS handshake or certificate verification failed."""
+
+
+class NotAuthorizedError(TransportError):
+    """The broker refused a publish or subscribe (ACL)."""
+
+
+class PublishTimeoutError(TransportError):
+    """The broker did not acknowledge a publish in time."""
+
+
+class PayloadTooLargeError(VoicebusError, ValueError):
+    """An encoded payload exceeds the configured maximum size."""
+
+
+class BackpressureError(VoicebusError):
+    """The outbox is full: the event was not accepted (nothing was dropped silently)."""

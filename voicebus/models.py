@@ -1,0 +1,196 @@
+"""Payload models, one per event type: the JSON that travels on the topic.
+
+Python attribute names are snake_case; the wire keys are camelCase (Hermes style).
+Every model keeps extra keys (seed code sends ``{"text": ..., "confidence": 0.95}``)
+and has defaults for what the wire format requires, so ``{"model": "llama"}`` is a
+valid MODEL_LOADED payload. Fields left as ``None`` never appear on the wire.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic.alias_generators import to_camel
+
+
+class Payload(BaseModel):
+    """Base of every payload model: camelCase wire keys, extra keys kept."""
+
+    model_config = ConfigDict(
+        extra="allow",
+        populate_by_name=True,
+        alias_generator=to_camel,
+        validate_assignment=False,
+    )
+
+    site_id: str = "default"
+    session_id: str | None = None
+
+
+# --- audio input -----------------------------------------------------------------
+
+
+class AudioCapture(Payload):
+    """Audio capture started or stopped on a site (AUDIO_STARTED / AUDIO_STOPPED)."""
+
+
+class HotwordDetected(Payload):
+    """A wake word was detected (Hermes ``HotwordDetected``).
+
+    ``wakewordId`` travels in the topic only; ``modelId`` and ``wakewordId`` default
+    to each other, then to ``"default"``.
+    """
+
+    wakeword_id: str = ""
+    model_id: str = ""
+    model_version: str = ""
+    model_type: str = "personal"
+    current_sensitivity: float = 1.0
+    send_audio_captured: bool | None = None
+    lang: str | None = None
+
+    @model_validator(mode="after")
+    def _default_ids(self) -> HotwordDetected:
+        if not self.model_id:
+            self.model_id = self.wakeword_id or "default"
+        if not self.wakeword_id:
+            self.wakeword_id = self.model_id
+        return self
+
+
+class TextCaptured(Payload):
+    """A transcript (Hermes ``AsrTextCaptured``): ``likelihood`` takes ``confidence``."""
+
+    text: str
+    likelihood: float = 1.0
+    seconds: float = 0.0
+    wakeword_id: str | None = None
+    lang: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _likelihood_from_confidence(cls, data: Any) -> Any:
+        if (
+            isinstance(data, dict)
+            and "likelihood" not in data
+            and isinstance(data.get("confidence"), int | float)
+        ):
+            return {**data, "likelihood": data["confidence"]}
+        return data
+
+
+class VoiceActivity(Payload):
+    """Voice activity ended (Snips ``vadDown``)."""
+
+    signal_ms: int = 0
+
+
+class RecordingFinished(Payload):
+    """The ASR stopped recording: silence after speech (``AsrRecordingFinished``)."""
+
+
+class Playback(Payload):
+    """Audio playback started or progressed on a site."""
+
+    id: str | None = None
+    position: float | None = None
+
+
+class PlayFinished(Payload):
+    """Audio playback finished (Hermes ``AudioPlayFinished``; siteId in the topic)."""
+
+    id: str = ""
+
+
+# --- dialogue ----------------------------------------------------------------------
+
+
+class Dialogue(Payload):
+    """Conversation state and decisions of the dialogue manager."""
+
+
+class ResponseGenerating(Payload):
+    """The LLM started generating a response."""
+
+    prompt: str | None = None
+
+
+class ResponseGenerated(Payload):
+    """The LLM produced a response."""
+
+    response: str
+    prompt: str | None = None
+
+
+class EmotionChanged(Payload):
+    """The assistant's emotional state changed."""
+
+    emotion: str | None = None
+
+
+# --- models and providers ----------------------------------------------------------
+
+
+class ModelPayload(Payload):
+    """A model lifecycle step (download, load, unload)."""
+
+    model: str
+    progress: float | None = None
+
+
+class ModelDownloadFailed(Payload):
+    """A model download failed (Rhasspy error shape plus ``model``)."""
+
+    model: str | None = None
+    error: str = ""
+    context: str | None = None
+
+
+class ProviderSwitched(Payload):
+    """The active provider (LLM, STT, TTS backend) changed."""
+
+    provider: str | None = None
+
+
+# --- text to speech ----------------------------------------------------------------
+
+
+class TtsStarted(Payload):
+    """Speech synthesis started."""
+
+    id: str | None = None
+    text: str | None = None
+
+
+class Phoneme(Payload):
+    """A phoneme or viseme was produced (lip sync)."""
+
+    phoneme: str | None = None
+
+
+class TtsFinished(Payload):
+    """Speech finished playing (Hermes ``TtsSayFinished``)."""
+
+    id: str = ""
+
+
+# --- system ------------------------------------------------------------------------
+
+
+class SystemPayload(Payload):
+    """The system started, stopped, or reports health."""
+
+    status: str | None = None
+
+
+class ErrorPayload(Payload):
+    """An error (Rhasspy error shape plus the failing ``handler``).
+
+    ``component`` travels in the topic ``voicebus/error/{component}``.
+    """
+
+    error: str
+    context: str | None = None
+    handler: str | None = None
+    component: str = "bus"

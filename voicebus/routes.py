@@ -1,0 +1,254 @@
+"""The route table: the single source of truth ``EventType -> topic template -> model``.
+
+Publishing, subscription filters, parsing topics back into parameters and the
+published contract in ``topics/`` are all derived from it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from . import models as m
+from .errors import TopicError, UnknownEventTypeError
+from .events import EventType
+from .topics import TopicTemplate
+
+PREFIX = "voicebus/"
+"""Every project topic lives under this prefix."""
+
+SYSTEM_PREFIXES = ("voicebus/status/", "voicebus/deadLetter/")
+"""Project topics that carry bus bookkeeping, not events."""
+
+
+@dataclass(frozen=True)
+class Route:
+    """How one event type travels: topic template, payload model, QoS, Hermes class.
+
+    `topic_only` names wire keys that live only in the topic (Hermes has no such
+    key in the payload); they are removed from the payload when publishing and
+    restored into `Event.data` from the topic when receiving.
+    """
+
+    event_type: Enum
+    template: TopicTemplate
+    model: type[m.Payload]
+    topic_only: frozenset[str] = frozenset()
+    qos: int = 1
+    retain: bool = False
+    hermes: str | None = None
+    description: str = ""
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def filter(self) -> str:
+        """The MQTT subscription filter for every topic of this route."""
+        return self.template.filter
+
+    def topic(self, data: Mapping[str, Any]) -> str:
+        """The concrete topic for a validated payload (wire keys)."""
+        return self.template.format(data)
+
+
+def _route(
+    event_type: EventType,
+    template: str,
+    model: type[m.Payload],
+    *,
+    topic_only: tuple[str, ...] = (),
+    hermes: str | None = None,
+) -> Route:
+    doc = (model.__doc__ or "").strip().splitlines()[0]
+    return Route(
+        event_type,
+        TopicTemplate(template),
+        model,
+        frozenset(topic_only),
+        hermes=hermes,
+        description=doc,
+    )
+
+
+def _default_routes() -> list[Route]:
+    e = EventType
+    audio = "voicebus/audioServer/{siteId}/"
+    dialogue = "voicebus/dialogueManager/"
+    site = ("siteId",)
+    return [
+        _route(e.AUDIO_STARTED, audio + "captureStarted", m.AudioCapture, topic_only=site),
+        _route(e.AUDIO_STOPPED, audio + "captureStopped", m.AudioCapture, topic_only=site),
+        _route(
+            e.WAKE_WORD_DETECTED,
+            "hermes/hotword/{wakewordId}/detected",
+            m.HotwordDetected,
+            topic_only=("wakewordId",),
+            hermes="HotwordDetected",
+        ),
+        _route(
+            e.SPEECH_DETECTED, "hermes/asr/textCaptured", m.TextCaptured, hermes="AsrTextCaptured"
+        ),
+        _route(e.SPEECH_ENDED, "hermes/voiceActivity/{siteId}/vadDown", m.VoiceActivity),
+        _route(
+            e.SILENCE_DETECTED,
+            "rhasspy/asr/recordingFinished",
+            m.RecordingFinished,
+            hermes="AsrRecordingFinished",
+        ),
+        _route(e.AUDIO_PLAYBACK_STARTED, audio + "playStarted", m.Playback, topic_only=site),
+        _route(e.AUDIO_PLAYBACK_PROGRESS, audio + "playProgress", m.Playback, topic_only=site),
+        _route(
+            e.AUDIO_PLAYBACK_ENDED,
+            "hermes/audioServer/{siteId}/playFinished",
+            m.PlayFinished,
+            topic_only=site,
+            hermes="AudioPlayFinished",
+        ),
+        _route(e.CONVERSATION_UPDATED, dialogue + "conversationUpdated", m.Dialogue),
+        _route(e.DECISION_MADE, dialogue + "decisionMade", m.Dialogue),
+        _route(e.RESPONSE_GENERATING, dialogue + "responseGenerating", m.ResponseGenerating),
+        _route(e.RESPONSE_GENERATED, dialogue + "responseGenerated", m.ResponseGenerated),
+        _route(e.EMOTION_CHANGED, "voicebus/emotion/changed", m.EmotionChanged),
+        _route(e.MODEL_DOWNLOAD_STARTED, "voicebus/model/downloadStarted", m.ModelPayload),
+        _route(e.MODEL_DOWNLOAD_PROGRESS, "voicebus/model/downloadProgress", m.ModelPayload),
+        _route(e.MODEL_DOWNLOAD_COMPLETED, "voicebus/model/downloadCompleted", m.ModelPayload),
+        _route(e.MODEL_DOWNLOAD_FAILED, "voicebus/model/downloadFailed", m.ModelDownloadFailed),
+        _route(e.MODEL_LOADED, "voicebus/model/loaded", m.ModelPayload),
+        _route(e.MODEL_UNLOADED, "voicebus/model/unloaded", m.ModelPayload),
+        _route(e.PROVIDER_SWITCHED, "voicebus/provider/switched", m.ProviderSwitched),
+        _route(e.TTS_STARTED, "voicebus/tts/sayStarted", m.TtsStarted),
+        _route(e.PHONEME_EVENT, "voicebus/tts/phoneme", m.Phoneme),
+        _route(e.TTS_COMPLETED, "hermes/tts/sayFinished", m.TtsFinished, hermes="TtsSayFinished"),
+        _route(e.SYSTEM_STARTED, "voicebus/system/started", m.SystemPayload),
+        _route(e.SYSTEM_STOPPED, "voicebus/system/stopped", m.SystemPayload),
+        _route(
+            e.ERROR_OCCURRED,
+            "voicebus/error/{component}",
+            m.ErrorPayload,
+            topic_only=("component",),
+        ),
+        _route(e.HEALTH_CHECK, "voicebus/system/health", m.SystemPayload),
+    ]
+
+
+class RouteTable:
+    """Routes by event type and by topic; users may register their own."""
+
+    def __init__(self, routes: list[Route] | None = None) -> None:
+        self._by_type: dict[Enum, Route] = {}
+        self._exact: dict[str, Route] = {}
+        self._templated: list[Route] = []
+        self._cache: dict[str, tuple[Route, dict[str, str]] | None] = {}
+        for route in routes or []:
+            self.register(route)
+
+    def register(self, route: Route, *, replace: bool = False) -> Route:
+        """Add `route`; an event type or topic already routed needs ``replace=True``."""
+        if not isinstance(route.event_type.value, str):
+            raise UnknownEventTypeError("event types must be enum members with string values")
+        old = self._by_type.get(route.event_type)
+        if old is not None and not replace:
+            raise UnknownEventTypeError(
+                f"{route.event_type.value} already has a route ({old.template.template}); "
+                "pass replace=True to change it"
+            )
+        for other in self._by_type.values():
+            if other.event_type != route.event_type and other.filter == route.filter:
+                raise TopicError(
+                    f"topic {route.template.template!r} is already used by "
+                    f"{other.event_type.value}"
+                )
+        if old is not None:
+            self._forget(old)
+        self._by_type[route.event_type] = route
+        if route.template.parameters:
+            self._templated.append(route)
+        else:
+            self._exact[route.template.template] = route
+        self._cache.clear()
+        return route
+
+    def _forget(self, route: Route) -> None:
+        self._exact.pop(route.template.template, None)
+        if route in self._templated:
+            self._templated.remove(route)
+
+    def __iter__(self) -> Iterator[Route]:
+        return iter(self._by_type.values())
+
+    def __len__(self) -> int:
+        return len(self._by_type)
+
+    def __contains__(self, event_type: object) -> bool:
+        return event_type in self._by_type
+
+    def get(self, event_type: Enum) -> Route:
+        """The route of `event_type`, or `UnknownEventTypeError`."""
+        try:
+            return self._by_type[event_type]
+        except KeyError:
+            name = getattr(event_type, "value", event_type)
+            raise UnknownEventTypeError(
+                f"no route for event type {name!r}; register one with register_route()"
+            ) from None
+
+    def match(self, topic: str) -> tuple[Route, dict[str, str]] | None:
+        """The route a concrete topic belongs to, with its topic parameters."""
+        try:
+            return self._cache[topic]
+        except KeyError:
+            pass
+        found: tuple[Route, dict[str, str]] | None = None
+        route = self._exact.get(topic)
+        if route is not None:
+            found = (route, {})
+        else:
+            for candidate in self._templated:
+                params = candidate.template.parse(topic)
+                if params is not None:
+                    found = (candidate, params)
+                    break
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[topic] = found
+        return found
+
+
+ROUTES = RouteTable(_default_routes())
+"""The process-wide route table every bus uses."""
+
+
+def register_route(
+    event_type: Enum,
+    topic: str,
+    model: type[m.Payload],
+    *,
+    topic_only: tuple[str, ...] = (),
+    qos: int = 1,
+    retain: bool = False,
+    replace: bool = False,
+) -> Route:
+    """Register a user event type: ``register_route(MyEvents.BEEP, "myapp/beep", Beep)``."""
+    route = Route(
+        event_type,
+        TopicTemplate(topic),
+        model,
+        frozenset(topic_only),
+        qos=qos,
+        retain=retain,
+        description=((model.__doc__ or "").strip().splitlines() or [""])[0],
+    )
+    return ROUTES.register(route, replace=replace)
+
+
+def topic_for(event_type: Enum, data: Mapping[str, Any] | m.Payload | None = None) -> str:
+    """The concrete topic `event_type` is published on for payload `data`.
+
+    Parameters are filled from `data` after validation (so defaults apply:
+    ``topic_for(EventType.WAKE_WORD_DETECTED)`` is ``hermes/hotword/default/detected``).
+    """
+    from .codec import validate_payload
+
+    route = ROUTES.get(event_type)
+    return route.topic(validate_payload(route, data or {}))

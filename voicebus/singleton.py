@@ -1,0 +1,70 @@
+"""The process-wide bus and the seed's convenience functions."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from enum import Enum
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .bus import EventBus, Target
+    from .events import Event
+    from .models import Payload
+    from .subscriptions import EventFilter, Handler, Subscription
+
+_bus: EventBus | None = None
+
+
+def get_bus() -> EventBus:
+    """The singleton bus, made from ``$VOICEBUS_URL`` on first use (not started).
+
+    A bus whose event loop has closed is replaced, so nothing stale crosses
+    ``asyncio.run`` calls.
+    """
+    global _bus
+    from .bus import EventBus
+
+    loop = getattr(_bus, "_loop", None)
+    if _bus is None or (loop is not None and loop.is_closed()):
+        _bus = EventBus()
+    return _bus
+
+
+def forget(bus: EventBus) -> None:
+    """Drop `bus` as the singleton (called by `EventBus.stop`)."""
+    global _bus
+    if _bus is bus:
+        _bus = None
+
+
+async def emit_event(
+    event_type: Enum | str,
+    data: Mapping[str, Any] | Payload | None = None,
+    source: str | None = None,
+    correlation_id: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> Event:
+    """`EventBus.emit` on the singleton (started on first use)."""
+    bus = get_bus()
+    await bus.start()
+    return await bus.emit(event_type, data, source, correlation_id, metadata)
+
+
+def subscribe_to_events(
+    event_type: Target,
+    handler: Handler,
+    priority: int = 0,
+    filter_func: EventFilter | None = None,
+) -> Subscription:
+    """`EventBus.subscribe` on the singleton (started in the background when a loop runs)."""
+    bus = get_bus()
+    sub = bus.subscribe(event_type, handler, priority, filter_func)
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return sub
+    if not bus.is_running:
+        task = loop.create_task(bus.start())
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+    return sub

@@ -1,0 +1,136 @@
+"""Local subscriptions: which handlers run for a topic, in which order.
+
+One broker subscription per distinct filter (reference counted here); dispatch is
+local, so overlapping filters still give each subscription every event once.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from .events import Event
+from .topics import check_filter, matches
+
+Handler = Callable[[Event], Awaitable[Any] | Any]
+EventFilter = Callable[[Event], bool]
+
+
+def handler_name(handler: object) -> str:
+    """A readable name for a handler (``Class.method`` or function name)."""
+    name = getattr(handler, "__qualname__", None) or getattr(handler, "__name__", None)
+    return str(name) if name else repr(handler)
+
+
+@dataclass(eq=False)
+class Subscription:
+    """A handle returned by `EventBus.subscribe`; pass it to `unsubscribe`."""
+
+    topic_filter: str
+    handler: Handler
+    priority: int = 0
+    filter_func: EventFilter | None = None
+    once: bool = False
+    event_type: Enum | None = None
+    group: str | None = None
+    component: str = "bus"
+    seq: int = 0
+    active: bool = True
+    name: str = field(default="")
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            self.name = handler_name(self.handler)
+
+    @property
+    def broker_filter(self) -> str:
+        """The filter subscribed on the broker (``$share/<group>/...`` for a group)."""
+        if self.group:
+            return f"$share/{self.group}/{self.topic_filter}"
+        return self.topic_filter
+
+
+@dataclass
+class FilterRef:
+    """A broker subscription shared by every local user of one filter."""
+
+    subscription_id: int
+    users: int = 0
+
+
+class SubscriptionRegistry:
+    """The bus's subscriptions, ordered for dispatch, and its broker filters."""
+
+    def __init__(self) -> None:
+        self._subs: list[Subscription] = []
+        self._seq = itertools.count()
+        self._ids = itertools.count(1)
+        self._by_topic: dict[str, list[Subscription]] = {}
+        self.filters: dict[str, FilterRef] = {}
+
+    def __len__(self) -> int:
+        return len(self._subs)
+
+    def __iter__(self) -> Any:
+        return iter(list(self._subs))
+
+    def add(self, sub: Subscription) -> bool:
+        """Add `sub`; True when its broker filter is new (needs SUBSCRIBE)."""
+        check_filter(sub.topic_filter)
+        sub.seq = next(self._seq)
+        self._subs.append(sub)
+        self._by_topic.clear()
+        return self.acquire(sub.broker_filter)
+
+    def remove(self, sub: Subscription) -> bool:
+        """Remove `sub`; True when its broker filter has no users left (UNSUBSCRIBE)."""
+        if not sub.active:
+            return False
+        sub.active = False
+        self._subs.remove(sub)
+        self._by_topic.clear()
+        return self.release(sub.broker_filter)
+
+    def find(self, handler: object) -> list[Subscription]:
+        """Subscriptions made for `handler` (or the handle itself)."""
+        if isinstance(handler, Subscription):
+            return [handler] if handler.active else []
+        return [s for s in self._subs if s.handler == handler]
+
+    def acquire(self, broker_filter: str) -> bool:
+        ref = self.filters.get(broker_filter)
+        if ref is None:
+            ref = self.filters[broker_filter] = FilterRef(next(self._ids))
+        ref.users += 1
+        return ref.users == 1
+
+    def release(self, broker_filter: str) -> bool:
+        ref = self.filters.get(broker_filter)
+        if ref is None:
+            return False
+        ref.users -= 1
+        if ref.users <= 0:
+            del self.filters[broker_filter]
+            return True
+        return False
+
+    def matching(self, topic: str) -> list[Subscription]:
+        """Subscriptions whose filter matches `topic`: highest priority first, then
+        subscription order."""
+        found = self._by_topic.get(topic)
+        if found is None:
+            found = sorted(
+                (s for s in self._subs if matches(s.topic_filter, topic)),
+                key=lambda s: (-s.priority, s.seq),
+            )
+            if len(self._by_topic) > 10_000:
+                self._by_topic.clear()
+            self._by_topic[topic] = found
+        return found
+
+    def subscription_id(self, broker_filter: str) -> int | None:
+        ref = self.filters.get(broker_filter)
+        return ref.subscription_id if ref else None

@@ -1,0 +1,146 @@
+"""MQTT topic names, filters and templates.
+
+A `TopicTemplate` such as ``hermes/hotword/{wakewordId}/detected`` yields the
+concrete topic (parameters filled and checked), the subscription filter
+(parameters as ``+``) and the parser (topic back to parameters) from one string.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+
+from .errors import TopicError
+
+_FORBIDDEN_IN_PARAMETER = ("/", "+", "#", "\x00")
+MAX_TOPIC_BYTES = 65535
+
+
+def check_parameter(name: str, value: object) -> str:
+    """Return `value` as a topic segment, or raise `TopicError` saying why not."""
+    if not isinstance(value, str):
+        raise TopicError(f"topic parameter {name!r} must be a string, got {value!r}")
+    if not value:
+        raise TopicError(f"topic parameter {name!r} is empty")
+    for char in _FORBIDDEN_IN_PARAMETER:
+        if char in value:
+            shown = "NUL" if char == "\x00" else repr(char)
+            raise TopicError(
+                f"topic parameter {name!r}={value!r} contains {shown}, "
+                "which cannot appear in one topic level"
+            )
+    return value
+
+
+def check_topic(topic: str) -> str:
+    """Validate a concrete topic name (for publishing)."""
+    if not topic:
+        raise TopicError("topic is empty")
+    if "+" in topic or "#" in topic:
+        raise TopicError(f"topic {topic!r} contains a wildcard; publish needs a concrete topic")
+    if "\x00" in topic:
+        raise TopicError(f"topic {topic!r} contains NUL")
+    if len(topic.encode()) > MAX_TOPIC_BYTES:
+        raise TopicError("topic is longer than 65535 bytes")
+    return topic
+
+
+def check_filter(topic_filter: str) -> str:
+    """Validate an MQTT subscription filter (``+`` one level, ``#`` last level)."""
+    if not topic_filter:
+        raise TopicError("topic filter is empty")
+    if "\x00" in topic_filter:
+        raise TopicError(f"topic filter {topic_filter!r} contains NUL")
+    levels = topic_filter.split("/")
+    for index, level in enumerate(levels):
+        if "#" in level and (level != "#" or index != len(levels) - 1):
+            raise TopicError(f"topic filter {topic_filter!r}: '#' must be a whole last level")
+        if "+" in level and level != "+":
+            raise TopicError(f"topic filter {topic_filter!r}: '+' must be a whole level")
+    return topic_filter
+
+
+@lru_cache(maxsize=4096)
+def _split(text: str) -> tuple[str, ...]:
+    return tuple(text.split("/"))
+
+
+def matches(topic_filter: str, topic: str) -> bool:
+    """True when `topic` matches the MQTT `topic_filter` (``$`` topics need ``$``)."""
+    if topic_filter == topic:
+        return True
+    flevels = _split(topic_filter)
+    tlevels = _split(topic)
+    if topic.startswith("$") and flevels[0] in ("+", "#"):
+        return False
+    for index, flevel in enumerate(flevels):
+        if flevel == "#":
+            return True
+        if index >= len(tlevels):
+            return False
+        if flevel != "+" and flevel != tlevels[index]:
+            return False
+    return len(flevels) == len(tlevels)
+
+
+@dataclass(frozen=True, slots=True)
+class TopicTemplate:
+    """A topic with ``{name}`` parameters, each a whole level."""
+
+    template: str
+
+    def __post_init__(self) -> None:
+        for level in self.levels:
+            if ("{" in level or "}" in level) and not (
+                level.startswith("{") and level.endswith("}") and len(level) > 2
+            ):
+                raise TopicError(
+                    f"topic template {self.template!r}: a parameter must be a whole level"
+                )
+        check_filter(self.filter)
+
+    @property
+    def levels(self) -> tuple[str, ...]:
+        return _split(self.template)
+
+    @property
+    def parameters(self) -> tuple[str, ...]:
+        """Parameter names in order of appearance."""
+        return tuple(level[1:-1] for level in self.levels if level.startswith("{"))
+
+    @property
+    def filter(self) -> str:
+        """The subscription filter: every parameter replaced by ``+``."""
+        return "/".join("+" if level.startswith("{") else level for level in self.levels)
+
+    def format(self, values: Mapping[str, object]) -> str:
+        """The concrete topic; each parameter checked with `check_parameter`."""
+        if not self.parameters:
+            return self.template
+        out = []
+        for level in self.levels:
+            if level.startswith("{"):
+                name = level[1:-1]
+                if name not in values or values[name] is None:
+                    raise TopicError(f"topic {self.template!r} needs parameter {name!r}")
+                out.append(check_parameter(name, values[name]))
+            else:
+                out.append(level)
+        return "/".join(out)
+
+    def parse(self, topic: str) -> dict[str, str] | None:
+        """The parameters of `topic`, or ``None`` when it does not fit the template."""
+        tlevels = _split(topic)
+        levels = self.levels
+        if len(tlevels) != len(levels):
+            return None
+        params: dict[str, str] = {}
+        for level, value in zip(levels, tlevels, strict=True):
+            if level.startswith("{"):
+                if not value:
+                    return None
+                params[level[1:-1]] = value
+            elif level != value:
+                return None
+        return params

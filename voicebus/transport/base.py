@@ -1,0 +1,62 @@
+"""The transport seam: what the bus needs from a broker connection, nothing more.
+
+A transport pushes each inbound `Message` to the callback given to `connect`
+(like an asyncio ``Protocol``: no task hop per message), and honours
+`pause_reading` / `resume_reading` so a full receive queue stops reading instead
+of dropping anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Protocol
+
+CONSUMER: ContextVar[object | None] = ContextVar("voicebus_consumer", default=None)
+"""Set by a bus's dispatcher to its transport, so an in-process transport never
+makes a dispatcher wait on its own paused queue."""
+
+
+@dataclass(slots=True)
+class Message:
+    """One MQTT application message as both transports carry it."""
+
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = False
+    correlation_data: bytes | None = None
+    user_properties: tuple[tuple[str, str], ...] = ()
+    content_type: str | None = None
+    subscription_ids: tuple[int, ...] = ()
+
+
+MessageCallback = Callable[[Message], None]
+
+
+class Transport(Protocol):
+    """A connection to a broker (in-process or MQTT)."""
+
+    url: str
+
+    async def connect(self, on_message: MessageCallback) -> None:
+        """Connect; every inbound message is passed to `on_message`."""
+
+    async def close(self) -> None:
+        """Disconnect cleanly (idempotent)."""
+
+    async def publish(self, message: Message) -> None:
+        """Publish; returns once the broker has taken the message (QoS 1: PUBACK)."""
+
+    async def subscribe(self, topic_filter: str, subscription_id: int, qos: int = 1) -> None:
+        """Subscribe `topic_filter`, tagging its messages with `subscription_id`."""
+
+    async def unsubscribe(self, topic_filter: str) -> None:
+        """Remove the subscription for `topic_filter`."""
+
+    def pause_reading(self) -> None:
+        """Stop delivering messages until `resume_reading` (back-pressure)."""
+
+    def resume_reading(self) -> None:
+        """Deliver messages again after `pause_reading`."""

@@ -1,0 +1,160 @@
+"""The embedded in-process broker behind ``memory://`` (the default transport).
+
+It keeps MQTT semantics where the bus relies on them: topic-filter matching,
+subscription identifiers, retained messages, encoded bytes, and back-pressure
+(a publisher waits while a receiver is paused, never a drop). All ``memory://``
+buses of one process share one broker; ``memory://NAME`` gives a separate one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+
+from ..errors import BusStateError
+from ..topics import check_filter, check_topic, matches
+from .base import CONSUMER, Message, MessageCallback
+
+_BROKERS: dict[str, MemoryBroker] = {}
+
+
+def get_broker(name: str = "") -> MemoryBroker:
+    """The process-wide in-process broker called `name`."""
+    broker = _BROKERS.get(name)
+    if broker is None:
+        broker = _BROKERS[name] = MemoryBroker(name)
+    return broker
+
+
+class MemoryBroker:
+    """Routes messages between the `MemoryTransport` clients of one process."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.clients: list[MemoryTransport] = []
+        self.retained: dict[str, Message] = {}
+
+    async def publish(self, message: Message) -> None:
+        if message.retain:
+            if message.payload:
+                self.retained[message.topic] = message
+            else:
+                self.retained.pop(message.topic, None)
+        waiting = [client for client in self.clients if client.deliver(message)]
+        for client in waiting:
+            await client.wait_for_room()
+
+
+class MemoryTransport:
+    """A client of a `MemoryBroker`."""
+
+    def __init__(self, name: str = "") -> None:
+        self.url = f"memory://{name}"
+        self._broker = get_broker(name)
+        self._subscriptions: dict[str, int] = {}
+        self._matched: dict[str, tuple[int, ...]] = {}
+        self._on_message: MessageCallback | None = None
+        self._backlog: deque[Message] = deque()
+        self._paused = False
+        self._resumed = asyncio.Event()
+        self._resumed.set()
+
+    async def connect(self, on_message: MessageCallback) -> None:
+        self._on_message = on_message
+        if self not in self._broker.clients:
+            self._broker.clients.append(self)
+
+    async def close(self) -> None:
+        if self in self._broker.clients:
+            self._broker.clients.remove(self)
+        self._on_message = None
+        self._subscriptions.clear()
+        self._matched.clear()
+        self._backlog.clear()
+        self._resumed.set()
+
+    def _require_connected(self) -> None:
+        if self._on_message is None:
+            raise BusStateError(f"{self.url} transport is not connected")
+
+    async def publish(self, message: Message) -> None:
+        self._require_connected()
+        check_topic(message.topic)
+        await self._broker.publish(message)
+
+    async def subscribe(self, topic_filter: str, subscription_id: int, qos: int = 1) -> None:
+        self._require_connected()
+        check_filter(topic_filter)
+        self._subscriptions[topic_filter] = subscription_id
+        self._matched.clear()
+        for topic, message in list(self._broker.retained.items()):
+            if matches(topic_filter, topic):
+                self._push(_copy(message, (subscription_id,), retain=True))
+
+    async def unsubscribe(self, topic_filter: str) -> None:
+        self._subscriptions.pop(topic_filter, None)
+        self._matched.clear()
+
+    def _subscription_ids(self, topic: str) -> tuple[int, ...]:
+        ids = self._matched.get(topic)
+        if ids is None:
+            ids = tuple(
+                sid for flt, sid in self._subscriptions.items() if matches(_plain(flt), topic)
+            )
+            if len(self._matched) > 10_000:
+                self._matched.clear()
+            self._matched[topic] = ids
+        return ids
+
+    def deliver(self, message: Message) -> bool:
+        """Hand `message` to this client if it subscribed; True when it is paused."""
+        if self._on_message is None:
+            return False
+        ids = self._subscription_ids(message.topic)
+        if not ids:
+            return False
+        self._push(_copy(message, ids, retain=False))
+        return self._paused
+
+    def _push(self, message: Message) -> None:
+        if self._paused or self._backlog:
+            self._backlog.append(message)
+        elif self._on_message is not None:
+            self._on_message(message)
+
+    def pause_reading(self) -> None:
+        self._paused = True
+        self._resumed.clear()
+
+    def resume_reading(self) -> None:
+        self._paused = False
+        backlog = self._backlog
+        while backlog and not self._paused and self._on_message is not None:
+            self._on_message(backlog.popleft())
+        if not self._paused:
+            self._resumed.set()
+
+    async def wait_for_room(self) -> None:
+        """Wait while this client is paused, unless called from its own dispatcher."""
+        while self._paused and CONSUMER.get() is not self:
+            await self._resumed.wait()
+
+
+def _plain(topic_filter: str) -> str:
+    """A shared subscription ``$share/group/f`` matches like ``f``."""
+    if topic_filter.startswith("$share/"):
+        return topic_filter.split("/", 2)[2]
+    return topic_filter
+
+
+def _copy(message: Message, ids: tuple[int, ...], *, retain: bool) -> Message:
+    return Message(
+        message.topic,
+        message.payload,
+        message.qos,
+        retain,
+        message.correlation_data,
+        message.user_properties,
+        message.content_type,
+        ids,
+    )

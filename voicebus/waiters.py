@@ -1,0 +1,57 @@
+"""Pending `wait_for` calls, resolved as messages arrive (before dispatch)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from .events import Event
+from .subscriptions import EventFilter
+from .topics import matches
+
+
+@dataclass(eq=False)
+class Waiter:
+    """One pending `wait_for`: the filter, correlation id and predicate to satisfy."""
+
+    topic_filter: str
+    future: asyncio.Future[Event]
+    correlation_id: str | None = None
+    predicate: EventFilter | None = None
+
+    def accepts(self, event: Event) -> bool:
+        if self.correlation_id is not None and event.correlation_id != self.correlation_id:
+            return False
+        if not matches(self.topic_filter, event.topic):
+            return False
+        return self.predicate is None or bool(self.predicate(event))
+
+
+class Waiters:
+    """The set of pending waiters of one bus."""
+
+    def __init__(self) -> None:
+        self._waiters: list[Waiter] = []
+
+    def __len__(self) -> int:
+        return len(self._waiters)
+
+    def add(self, waiter: Waiter) -> None:
+        self._waiters.append(waiter)
+
+    def discard(self, waiter: Waiter) -> None:
+        if waiter in self._waiters:
+            self._waiters.remove(waiter)
+
+    def resolve(self, event: Event) -> None:
+        """Complete every waiter that `event` satisfies (each waiter at most once)."""
+        for waiter in self._waiters:
+            if waiter.future.done():
+                continue
+            try:
+                accepted = waiter.accepts(event)
+            except Exception as exc:  # a failing predicate fails its own wait only
+                waiter.future.set_exception(exc)
+                continue
+            if accepted:
+                waiter.future.set_result(event)
