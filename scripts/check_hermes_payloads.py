@@ -291,7 +291,7 @@ def check_record(record):
         warnings.simplefilter("always")
         try:
             msg = cls.from_dict(payload)
-        except Exception as e:  # noqa: BLE001  KeyError, TypeError, ValueError, ...
+        except Exception as e:
             raise CheckError(f"{class_name}.from_dict failed: {type(e).__name__}: {e}")
     runtime = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
     if runtime:
@@ -299,7 +299,7 @@ def check_record(record):
 
     try:
         again = json.loads(msg.to_json())
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise CheckError(f"{class_name}.to_json failed: {type(e).__name__}: {e}")
     mismatches = []
     _subset_equal(payload, again, "payload", mismatches)
@@ -367,7 +367,7 @@ def main(argv=None):
         except CheckError as e:
             notes = []
             result = {"ok": False, "error": str(e)}
-        except Exception as e:  # noqa: BLE001  unexpected: still report per record
+        except Exception as e:
             notes = []
             result = {"ok": False, "error": f"internal error: {type(e).__name__}: {e}"}
         if not result["ok"]:

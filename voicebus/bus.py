@@ -358,7 +358,7 @@ class EventBus:
             try:
                 await self.emit(event_type, data, correlation_id=cid)
             except BaseException:
-                waiting.close()  # type: ignore[attr-defined]
+                waiting.close()
                 raise
             return await waiting
 

@@ -18,6 +18,8 @@ from typing import Any
 
 import aiomqtt
 import paho.mqtt.client as paho_mqtt
+from aiomqtt.exceptions import MqttConnectError
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -124,7 +126,7 @@ class MqttTransport:
 
     def _new_client(self) -> aiomqtt.Client:
         o = self.options
-        props = Properties(PacketTypes.CONNECT)
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         if o.session_expiry:
             props.SessionExpiryInterval = int(o.session_expiry)
         will = None
@@ -140,7 +142,7 @@ class MqttTransport:
             protocol=aiomqtt.ProtocolVersion.V5,
             keepalive=o.keepalive,
             timeout=o.connect_timeout,
-            clean_start=False if persistent else True,
+            clean_start=not persistent,
             properties=props if o.session_expiry else None,
             tls_context=self._tls_context(),
             will=will,
@@ -151,7 +153,7 @@ class MqttTransport:
         client = self._new_client()
         try:
             await client.__aenter__()
-        except aiomqtt.MqttConnectError as exc:
+        except MqttConnectError as exc:
             raise self._connect_error(exc) from None
         except aiomqtt.MqttError as exc:
             raise self._connect_error(exc) from None
@@ -161,7 +163,7 @@ class MqttTransport:
         text = str(exc)
         code = getattr(exc, "rc", None)
         value = getattr(code, "value", code)
-        if isinstance(exc, aiomqtt.MqttConnectError) and value in _AUTH_CODES:
+        if isinstance(exc, MqttConnectError) and value in _AUTH_CODES:
             return AuthenticationError(
                 f"{self.url} refused the connection ({text}): check the username and "
                 "password (VOICEBUS_URL=mqtt://user:pass@host) and the broker's ACL"
@@ -173,8 +175,8 @@ class MqttTransport:
 
     def _install(self, client: aiomqtt.Client) -> None:
         """Take over aiomqtt's hot paths on a freshly connected client."""
-        paho = client._client  # noqa: SLF001 - see the module docstring
-        aiomqtt_on_publish = paho.on_publish
+        paho = client._client
+        aiomqtt_on_publish: Any = paho.on_publish
 
         def on_publish(
             c: paho_mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any
@@ -186,10 +188,10 @@ class MqttTransport:
             elif aiomqtt_on_publish is not None:
                 aiomqtt_on_publish(c, userdata, mid, reason, props)
 
-        original_handle_publish = paho._handle_publish  # noqa: SLF001
+        original_handle_publish = paho._handle_publish
 
-        def handle_publish() -> paho_mqtt.MQTTErrorCode:
-            packet = paho._in_packet  # noqa: SLF001
+        def handle_publish() -> MQTTErrorCode:
+            packet = paho._in_packet
             header = packet["command"]
             qos = (header & 0x06) >> 1
             if qos == 2:
@@ -198,11 +200,11 @@ class MqttTransport:
             self._receive(data, header, qos)
             if qos == 1:
                 pos = 2 + int.from_bytes(data[0:2], "big")
-                return paho._send_puback(int.from_bytes(data[pos : pos + 2], "big"))  # noqa: SLF001
-            return paho_mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+                return paho._send_puback(int.from_bytes(data[pos : pos + 2], "big"))
+            return MQTTErrorCode.MQTT_ERR_SUCCESS
 
         paho.on_publish = on_publish
-        paho._handle_publish = handle_publish  # type: ignore[method-assign]  # noqa: SLF001
+        paho._handle_publish = handle_publish  # type: ignore[method-assign]
         self._client = client
         self._paho = paho
         self._paused = False
@@ -272,7 +274,7 @@ class MqttTransport:
     async def _watch_connection(self, client: aiomqtt.Client) -> None:
         lost = self.connection_lost
         try:
-            await client._disconnected  # noqa: SLF001
+            await client._disconnected
             error: Exception | None = None
         except Exception as exc:  # the link broke
             error = exc
@@ -321,7 +323,7 @@ class MqttTransport:
             )
         )
         info = paho.publish(message.topic, message.payload, message.qos, message.retain, props)  # type: ignore[arg-type]
-        if info.rc != paho_mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS:
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             raise TransportError(
                 f"cannot publish to {self.url}: {paho_mqtt.error_string(info.rc)}"
             )
@@ -350,7 +352,7 @@ class MqttTransport:
         if self._client is None:
             raise BusStateError(f"not connected to {self.url}")
         check_filter(topic_filter)
-        props = Properties(PacketTypes.SUBSCRIBE)
+        props = Properties(PacketTypes.SUBSCRIBE)  # type: ignore[no-untyped-call]
         props.SubscriptionIdentifier = subscription_id
         self._filters[topic_filter] = subscription_id
         self._expected.clear()
@@ -359,7 +361,7 @@ class MqttTransport:
         except aiomqtt.MqttError as exc:
             raise TransportError(f"cannot subscribe {topic_filter!r}: {exc}") from None
         for code in codes:
-            value = int(getattr(code, "value", code))
+            value = int(code.value) if hasattr(code, "value") else int(code)
             if value >= 0x80:
                 self._filters.pop(topic_filter, None)
                 if value == 0x87:
@@ -380,15 +382,16 @@ class MqttTransport:
     # --- flow control --------------------------------------------------------------
 
     def pause_reading(self) -> None:
-        paho = self._paho
-        if self._paused or paho is None or paho.socket() is None:
+        sock = self._paho.socket() if self._paho is not None else None
+        if self._paused or sock is None:
             return
         self._paused = True
-        asyncio.get_running_loop().remove_reader(paho.socket())
+        asyncio.get_running_loop().remove_reader(sock.fileno())
 
     def resume_reading(self) -> None:
         paho = self._paho
-        if not self._paused or paho is None or paho.socket() is None:
+        sock = paho.socket() if paho is not None else None
+        if not self._paused or paho is None or sock is None:
             self._paused = False
             return
         self._paused = False
@@ -399,12 +402,12 @@ class MqttTransport:
             try:
                 while True:
                     paho.loop_read()
-                    sock = paho._sock  # noqa: SLF001
-                    if hasattr(sock, "pending") and sock.pending() > 0:
+                    raw: Any = paho._sock
+                    if hasattr(raw, "pending") and raw.pending() > 0:
                         continue
                     break
             except Exception as exc:
-                if not client._disconnected.done():  # noqa: SLF001
-                    client._disconnected.set_exception(exc)  # noqa: SLF001
+                if not client._disconnected.done():
+                    client._disconnected.set_exception(exc)
 
-        asyncio.get_running_loop().add_reader(paho.socket(), read)
+        asyncio.get_running_loop().add_reader(sock.fileno(), read)

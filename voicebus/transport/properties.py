@@ -139,7 +139,7 @@ def unpack_publish_properties(data: bytes | bytearray, pos: int) -> tuple[Publis
         elif ident == SUBSCRIPTION_ID:
             sid, pos = _varint(data, pos)
             sids.append(sid)
-        elif ident == CONTENT_TYPE or ident == RESPONSE_TOPIC:
+        elif ident in (CONTENT_TYPE, RESPONSE_TOPIC):
             text, pos = _read_str(data, pos)
             if ident == CONTENT_TYPE:
                 props.content_type = text
