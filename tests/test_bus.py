@@ -305,9 +305,7 @@ async def test_history_and_stats_count_each_event_once(bus: EventBus) -> None:
     assert [e.data["text"] for e in only] == ["1", "2"]
 
 
-async def test_two_services_talk_and_topic_params_round_trip(
-    bus: EventBus, peer: EventBus
-) -> None:
+async def test_two_services_talk_and_topic_params_round_trip(bus: EventBus, peer: EventBus) -> None:
     got = Collector()
     peer.subscribe(EventType.WAKE_WORD_DETECTED, got)
     await asyncio.sleep(0.05)

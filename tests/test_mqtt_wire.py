@@ -23,8 +23,15 @@ async def test_mosquitto_pub_reaches_a_typed_handler(mosquitto: Mosquitto) -> No
         await asyncio.sleep(0.05)
         payload = json.dumps({"text": "turn on the light", "likelihood": 0.8, "sessionId": "s-9"})
         proc = await asyncio.create_subprocess_exec(
-            "mosquitto_pub", "-h", "127.0.0.1", "-p", str(mosquitto.port),
-            "-t", "hermes/asr/textCaptured", "-m", payload,
+            "mosquitto_pub",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(mosquitto.port),
+            "-t",
+            "hermes/asr/textCaptured",
+            "-m",
+            payload,
         )
         assert await proc.wait() == 0
         (event,) = await got.wait(1)
@@ -37,9 +44,24 @@ async def test_mosquitto_pub_reaches_a_typed_handler(mosquitto: Mosquitto) -> No
 
 async def test_voicebus_publishes_plain_json_on_the_mapped_topic(mosquitto: Mosquitto) -> None:
     sub = subprocess.Popen(
-        ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(mosquitto.port), "-V", "mqttv5",
-         "-t", "hermes/hotword/+/detected", "-C", "1", "-W", "10", "-v",
-         "-F", "%t %p|%P"],
+        [
+            "mosquitto_sub",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(mosquitto.port),
+            "-V",
+            "mqttv5",
+            "-t",
+            "hermes/hotword/+/detected",
+            "-C",
+            "1",
+            "-W",
+            "10",
+            "-v",
+            "-F",
+            "%t %p|%P",
+        ],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -47,7 +69,8 @@ async def test_voicebus_publishes_plain_json_on_the_mapped_topic(mosquitto: Mosq
         async with EventBus(mosquitto.url(), client_id="wake-1") as bus:
             for _ in range(100):  # until mosquitto_sub's subscription is in place
                 await bus.emit(
-                    EventType.WAKE_WORD_DETECTED, {"wakewordId": "porcupine", "confidence": 0.95},
+                    EventType.WAKE_WORD_DETECTED,
+                    {"wakewordId": "porcupine", "confidence": 0.95},
                     correlation_id="utt-1",
                 )
                 if sub.poll() is not None:
@@ -81,7 +104,11 @@ def test_property_codec_matches_paho() -> None:
     theirs.unpack(packed)
     assert theirs.ContentType == "application/json"
     assert theirs.CorrelationData == b"utt-1"
-    assert theirs.UserProperty == [("id", "abc"), ("type", "speech_detected"), ("metadata", '{"a":1}')]
+    assert theirs.UserProperty == [
+        ("id", "abc"),
+        ("type", "speech_detected"),
+        ("metadata", '{"a":1}'),
+    ]
     mine = Properties(PacketTypes.PUBLISH)
     mine.UserProperty = ("k", "v")
     mine.SubscriptionIdentifier = 7
@@ -95,11 +122,15 @@ def test_property_codec_matches_paho() -> None:
 
 
 async def test_raw_aiomqtt_v5_peer_sees_envelope_properties(mosquitto: Mosquitto) -> None:
-    async with aiomqtt.Client("127.0.0.1", mosquitto.port, protocol=aiomqtt.ProtocolVersion.V5) as raw:
+    async with aiomqtt.Client(
+        "127.0.0.1", mosquitto.port, protocol=aiomqtt.ProtocolVersion.V5
+    ) as raw:
         await raw.subscribe("voicebus/model/loaded", qos=1)
         async with EventBus(mosquitto.url(), client_id="models") as bus:
             sent = await bus.emit(
-                EventType.MODEL_LOADED, {"model": "llama"}, correlation_id="c-1",
+                EventType.MODEL_LOADED,
+                {"model": "llama"},
+                correlation_id="c-1",
                 metadata={"gpu": True},
             )
         message = await asyncio.wait_for(anext(aiter(raw.messages)), 5)
