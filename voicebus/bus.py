@@ -81,6 +81,7 @@ class EventBus:
         self._routes = routes or ROUTES
         self._counter = itertools.count(1)
         self._id_prefix = prefix
+        self._own_ids = prefix + "-"
         self.monitor = Monitor(
             enable_history=enable_history,
             history_size=history_size,
@@ -123,7 +124,12 @@ class EventBus:
         return self.client_id
 
     def _new_id(self) -> str:
+        """An id for an event this bus emits (``<bus prefix>-<n>``)."""
         return f"{self._id_prefix}-{next(self._counter)}"
+
+    def _inbound_id(self) -> str:
+        """An id for a received message that came without one (``<bus prefix>.<n>``)."""
+        return f"{self._id_prefix}.{next(self._counter)}"
 
     async def start(self) -> None:
         """Connect and start dispatching (idempotent)."""
@@ -405,7 +411,7 @@ class EventBus:
     def _on_message(self, message: Message) -> None:
         """Transport callback: decode, resolve waiters, queue for dispatch."""
         try:
-            event = decode(message, self._routes, self._new_id)
+            event = decode(message, self._routes, self._inbound_id)
         except InvalidMessage as exc:
             self._inbound_failure(message, exc.reason, str(exc), exc.event)
             return
@@ -488,7 +494,8 @@ class EventBus:
         monitor = self.monitor
         monitor.processed += 1
         monitor.processing_time += perf() - started
-        monitor.record(event)
+        if not event.id.startswith(self._own_ids):  # emitted here: counted by emit
+            monitor.record(event)
 
     async def _run_middleware(self, middleware: Middleware, event: Event) -> Any:
         try:

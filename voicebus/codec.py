@@ -29,7 +29,9 @@ def validate_payload(route: Route, data: Mapping[str, Any] | Payload) -> dict[st
     """Validate `data` against the route's model; return the wire keys with defaults."""
     model = route.model
     try:
-        if isinstance(data, model):
+        if type(data) is dict:  # the common case, without pydantic's wrappers
+            obj = model.__pydantic_validator__.validate_python(data)
+        elif isinstance(data, model):
             obj = data
         elif isinstance(data, pydantic.BaseModel):
             obj = model.model_validate(data.model_dump(by_alias=True))
@@ -37,7 +39,15 @@ def validate_payload(route: Route, data: Mapping[str, Any] | Payload) -> dict[st
             obj = model.model_validate(data)
     except pydantic.ValidationError as exc:
         raise _payload_error(route.event_type, exc) from None
-    return obj.model_dump(by_alias=True, exclude_none=True)
+    return _dump(obj)
+
+
+def _dump(obj: Payload) -> dict[str, Any]:
+    """The wire keys of a validated payload; fields left as ``None`` are left out."""
+    data: dict[str, Any] = obj.__pydantic_serializer__.to_python(
+        obj, by_alias=True, exclude_none=True
+    )
+    return data
 
 
 def _payload_error(event_type: Enum, exc: pydantic.ValidationError) -> PayloadValidationError:
@@ -74,7 +84,7 @@ def encode(
         wire = {k: v for k, v in wire.items() if k not in route.topic_only}
     props: list[tuple[str, str]] = [
         ("id", event_id),
-        ("type", route.event_type.value),
+        ("type", route.event_type._value_),
         ("time", repr(timestamp)),
     ]
     if source:
@@ -89,6 +99,8 @@ def encode(
         correlation_id.encode() if correlation_id is not None else None,
         tuple(props),
         CONTENT_TYPE,
+        (),
+        True,
     )
     return event, message
 
@@ -126,27 +138,23 @@ def decode(message: Message, routes: RouteTable, new_id: Callable[[], str]) -> E
     if found is None:
         raise DecodeError("unknown_topic", f"no route for topic {message.topic!r}")
     route, params = found
-    event_id = ""
-    source = None
+    props = dict(message.user_properties) if message.user_properties else {}
+    event_id = props.get("id", "")
+    source = props.get("source")
     timestamp = 0.0
+    if "time" in props:
+        try:
+            timestamp = float(props["time"])
+        except ValueError:
+            timestamp = 0.0
     metadata: dict[str, Any] = {}
-    for key, value in message.user_properties:
-        if key == "id":
-            event_id = value
-        elif key == "source":
-            source = value
-        elif key == "time":
-            try:
-                timestamp = float(value)
-            except ValueError:
-                timestamp = 0.0
-        elif key == "metadata":
-            try:
-                parsed = from_json(value)
-            except ValueError:
-                parsed = None
-            if isinstance(parsed, dict):
-                metadata = parsed
+    if "metadata" in props:
+        try:
+            parsed = from_json(props["metadata"])
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, dict):
+            metadata = parsed
     correlation_id = None
     if message.correlation_data is not None:
         correlation_id = message.correlation_data.decode("utf-8", "replace")
@@ -167,14 +175,22 @@ def decode(message: Message, routes: RouteTable, new_id: Callable[[], str]) -> E
     if params:
         raw.update(params)
     event.data = raw
-    try:
-        data = route.model.model_validate(raw).model_dump(by_alias=True, exclude_none=True)
-    except pydantic.ValidationError as exc:
-        error = _payload_error(route.event_type, exc)
-        raise InvalidMessage("validation", str(error), event) from None
-    event.data = data
+    if message.validated:  # encoded by this process from a validated model
+        data = raw
+    else:
+        data = _validate_inbound(route, raw, event)
     if correlation_id is None:
         session = data.get("sessionId")
         if isinstance(session, str):
             event.correlation_id = session
     return event
+
+
+def _validate_inbound(route: Route, raw: dict[str, Any], event: Event) -> dict[str, Any]:
+    try:
+        data = _dump(route.model.__pydantic_validator__.validate_python(raw))
+    except pydantic.ValidationError as exc:
+        error = _payload_error(route.event_type, exc)
+        raise InvalidMessage("validation", str(error), event) from None
+    event.data = data
+    return data

@@ -39,10 +39,11 @@ class HotwordDetected(Payload):
     """A wake word was detected (Hermes ``HotwordDetected``).
 
     ``wakewordId`` travels in the topic only; ``modelId`` and ``wakewordId`` default
-    to each other, then to ``"default"``.
+    to each other, then to ``"default"``. An explicit empty ``wakewordId`` is kept
+    (and refused as a topic parameter), never silently replaced.
     """
 
-    wakeword_id: str = ""
+    wakeword_id: str | None = None
     model_id: str = ""
     model_version: str = ""
     model_type: str = "personal"
@@ -54,7 +55,7 @@ class HotwordDetected(Payload):
     def _default_ids(self) -> HotwordDetected:
         if not self.model_id:
             self.model_id = self.wakeword_id or "default"
-        if not self.wakeword_id:
+        if self.wakeword_id is None:
             self.wakeword_id = self.model_id
         return self
 
@@ -100,7 +101,7 @@ class Playback(Payload):
 class PlayFinished(Payload):
     """Audio playback finished (Hermes ``AudioPlayFinished``; siteId in the topic)."""
 
-    id: str = ""
+    id: str | None = None
 
 
 # --- dialogue ----------------------------------------------------------------------
@@ -172,7 +173,7 @@ class Phoneme(Payload):
 class TtsFinished(Payload):
     """Speech finished playing (Hermes ``TtsSayFinished``)."""
 
-    id: str = ""
+    id: str | None = None
 
 
 # --- system ------------------------------------------------------------------------

@@ -38,16 +38,19 @@ class SeenIds:
 
     def __init__(self, size: int) -> None:
         self._size = size
-        self._ids: dict[str, None] = {}
+        self._ids: set[str] = set()
+        self._order: deque[str] = deque()
 
     def add(self, event_id: str) -> bool:
         """Remember `event_id`; False when it was already known."""
         ids = self._ids
         if event_id in ids:
             return False
-        ids[event_id] = None
-        if len(ids) > self._size:
-            del ids[next(iter(ids))]
+        ids.add(event_id)
+        order = self._order
+        order.append(event_id)
+        if len(order) > self._size:
+            ids.discard(order.popleft())
         return True
 
     def __contains__(self, event_id: object) -> bool:
@@ -61,7 +64,6 @@ class Monitor:
         self.enable_history = enable_history
         self.history: deque[Event] = deque(maxlen=max(history_size, 1))
         self.dead_letters: deque[dict[str, Any]] = deque(maxlen=max(dead_letter_size, 1))
-        self.counted = SeenIds(50_000)
         self.total_events = 0
         self.total_errors = 0
         self.events_by_type: dict[str, int] = {}
@@ -73,11 +75,9 @@ class Monitor:
         self.started_at = time.time()
 
     def record(self, event: Event) -> None:
-        """Count `event` and keep it in history, once per event id."""
-        if not self.counted.add(event.id):
-            return
+        """Count `event` and keep it in history (the bus calls this once per event id)."""
         self.total_events += 1
-        key = event.type.value
+        key = event.type._value_
         self.events_by_type[key] = self.events_by_type.get(key, 0) + 1
         if self.enable_history:
             self.history.append(event)

@@ -8,7 +8,7 @@ concrete topic (parameters filled and checked), the subscription filter
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 from .errors import TopicError
@@ -84,35 +84,36 @@ def matches(topic_filter: str, topic: str) -> bool:
     return len(flevels) == len(tlevels)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class TopicTemplate:
     """A topic with ``{name}`` parameters, each a whole level."""
 
     template: str
 
     def __post_init__(self) -> None:
-        for level in self.levels:
+        levels = tuple(self.template.split("/"))
+        for level in levels:
             if ("{" in level or "}" in level) and not (
                 level.startswith("{") and level.endswith("}") and len(level) > 2
             ):
                 raise TopicError(
                     f"topic template {self.template!r}: a parameter must be a whole level"
                 )
+        object.__setattr__(self, "levels", levels)
+        object.__setattr__(
+            self, "parameters", tuple(lv[1:-1] for lv in levels if lv.startswith("{"))
+        )
+        object.__setattr__(
+            self, "filter", "/".join("+" if lv.startswith("{") else lv for lv in levels)
+        )
         check_filter(self.filter)
 
-    @property
-    def levels(self) -> tuple[str, ...]:
-        return _split(self.template)
-
-    @property
-    def parameters(self) -> tuple[str, ...]:
-        """Parameter names in order of appearance."""
-        return tuple(level[1:-1] for level in self.levels if level.startswith("{"))
-
-    @property
-    def filter(self) -> str:
-        """The subscription filter: every parameter replaced by ``+``."""
-        return "/".join("+" if level.startswith("{") else level for level in self.levels)
+    levels: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    """The topic levels of the template."""
+    parameters: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    """Parameter names in order of appearance."""
+    filter: str = field(init=False, repr=False, compare=False)
+    """The subscription filter: every parameter replaced by ``+``."""
 
     def format(self, values: Mapping[str, object]) -> str:
         """The concrete topic; each parameter checked with `check_parameter`."""

@@ -30,6 +30,9 @@ class Message:
     user_properties: tuple[tuple[str, str], ...] = ()
     content_type: str | None = None
     subscription_ids: tuple[int, ...] = ()
+    validated: bool = False
+    """Set by `codec.encode` and kept only in-process (never on the wire): the
+    payload already passed its model's validation in this process."""
 
 
 MessageCallback = Callable[[Message], None]
