@@ -175,10 +175,8 @@ def decode(message: Message, routes: RouteTable, new_id: Callable[[], str]) -> E
     if params:
         raw.update(params)
     event.data = raw
-    if message.validated:  # encoded by this process from a validated model
-        data = raw
-    else:
-        data = _validate_inbound(route, raw, event)
+    # a message encoded by this process from a validated model is not validated again
+    data = raw if message.validated else _validate_inbound(route, raw, event)
     if correlation_id is None:
         session = data.get("sessionId")
         if isinstance(session, str):
