@@ -171,7 +171,7 @@ def decode(message: Message, routes: RouteTable, new_id: Callable[[], str]) -> E
     try:
         raw = parse_json_object(message.payload)
     except DecodeError as exc:
-        raise InvalidMessage(exc.reason, str(exc), event) from None
+        raise InvalidMessage(exc.reason, exc.detail, event) from None
     if params:
         raw.update(params)
     event.data = raw
@@ -189,6 +189,6 @@ def _validate_inbound(route: Route, raw: dict[str, Any], event: Event) -> dict[s
         data = _dump(route.model.__pydantic_validator__.validate_python(raw))
     except pydantic.ValidationError as exc:
         error = _payload_error(route.event_type, exc)
-        raise InvalidMessage("validation", str(error), event) from None
+        raise InvalidMessage("validation", str(error), event) from None  # names the field
     event.data = data
     return data
