@@ -62,9 +62,12 @@ class Mosquitto:
                 port = self.ports.setdefault(original, free_port())
                 line = f"listener {port} 127.0.0.1"
             elif key in _PATH_KEYS:
+                # Relative paths: a file made for this broker (password file, test
+                # certificates) in its workdir, else the one shipped in mosquitto/.
                 value = stripped.split(" ", 1)[1].strip()
                 if not os.path.isabs(value):
-                    line = f"{key} {CONFIGS / value}"
+                    mine = self.workdir / value
+                    line = f"{key} {mine if mine.exists() else CONFIGS / value}"
             out.append(line)
         out += [
             f"persistence_location {self.workdir}/",

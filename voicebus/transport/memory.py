@@ -1,8 +1,10 @@
 """The embedded in-process broker behind ``memory://`` (the default transport).
 
 It keeps MQTT semantics where the bus relies on them: topic-filter matching,
-subscription identifiers, retained messages, encoded bytes, and back-pressure
-(a publisher waits while a receiver is paused, never a drop). All ``memory://``
+subscription identifiers, retained messages, shared subscriptions
+(``$share/<group>/<filter>``: each message goes to one member of the group, in
+turn), encoded bytes, and back-pressure (a publisher waits while a receiver is
+paused, never a drop). All ``memory://``
 buses of one process share one broker; ``memory://NAME`` gives a separate one.
 """
 
@@ -33,6 +35,9 @@ class MemoryBroker:
         self.name = name
         self.clients: list[MemoryTransport] = []
         self.retained: dict[str, Message] = {}
+        self.shared = 0
+        """Shared subscriptions held by the clients (0: the plain fast path)."""
+        self._turns: dict[str, int] = {}
 
     async def publish(self, message: Message) -> None:
         if message.retain:
@@ -40,8 +45,29 @@ class MemoryBroker:
                 self.retained[message.topic] = message
             else:
                 self.retained.pop(message.topic, None)
-        for client in [c for c in self.clients if c.deliver(message)]:
+        if not self.shared:
+            for client in [c for c in self.clients if c.deliver(message)]:
+                await client.wait_for_room()
+            return
+        picked = self._pick_shared(message.topic)
+        for client in [c for c in self.clients if c.deliver(message, picked.get(c, ()))]:
             await client.wait_for_room()
+
+    def _pick_shared(self, topic: str) -> dict[MemoryTransport, tuple[int, ...]]:
+        """For each shared subscription matching `topic`, the member whose turn it is."""
+        groups: dict[str, list[tuple[MemoryTransport, int]]] = {}
+        for client in self.clients:
+            if client._on_message is None:
+                continue
+            for topic_filter, sid in client.shared_matching(topic):
+                groups.setdefault(topic_filter, []).append((client, sid))
+        picked: dict[MemoryTransport, tuple[int, ...]] = {}
+        for topic_filter, members in groups.items():
+            turn = self._turns.get(topic_filter, 0)
+            self._turns[topic_filter] = turn + 1
+            client, sid = members[turn % len(members)]
+            picked[client] = (*picked.get(client, ()), sid)
+        return picked
 
 
 class MemoryTransport:
@@ -52,6 +78,7 @@ class MemoryTransport:
         self._broker = get_broker(name)
         self._subscriptions: dict[str, int] = {}
         self._matched: dict[str, tuple[int, ...]] = {}
+        self._shared: dict[str, int] = {}
         self._on_message: MessageCallback | None = None
         self._backlog: deque[Message] = deque()
         self._paused = False
@@ -67,6 +94,8 @@ class MemoryTransport:
         if self in self._broker.clients:
             self._broker.clients.remove(self)
         self._on_message = None
+        self._broker.shared -= len(self._shared)
+        self._shared.clear()
         self._subscriptions.clear()
         self._matched.clear()
         self._backlog.clear()
@@ -85,6 +114,12 @@ class MemoryTransport:
     async def subscribe(self, topic_filter: str, subscription_id: int, qos: int = 1) -> None:
         self._require_connected()
         check_filter(topic_filter)
+        if topic_filter.startswith("$share/"):
+            # MQTT 5 (4.8.2): no retained messages for a shared subscription.
+            if topic_filter not in self._shared:
+                self._broker.shared += 1
+            self._shared[topic_filter] = subscription_id
+            return
         self._subscriptions[topic_filter] = subscription_id
         self._matched.clear()
         for topic, message in list(self._broker.retained.items()):
@@ -92,25 +127,32 @@ class MemoryTransport:
                 self._push(_copy(message, (subscription_id,), retain=True))
 
     async def unsubscribe(self, topic_filter: str) -> None:
+        if self._shared.pop(topic_filter, None) is not None:
+            self._broker.shared -= 1
         self._subscriptions.pop(topic_filter, None)
         self._matched.clear()
 
     def _subscription_ids(self, topic: str) -> tuple[int, ...]:
         ids = self._matched.get(topic)
         if ids is None:
-            ids = tuple(
-                sid for flt, sid in self._subscriptions.items() if matches(_plain(flt), topic)
-            )
+            ids = tuple(sid for flt, sid in self._subscriptions.items() if matches(flt, topic))
             if len(self._matched) > 10_000:
                 self._matched.clear()
             self._matched[topic] = ids
         return ids
 
-    def deliver(self, message: Message) -> bool:
-        """Hand `message` to this client if it subscribed; True when it is paused."""
+    def shared_matching(self, topic: str) -> list[tuple[str, int]]:
+        """This client's shared subscriptions matching `topic`: ``(filter, id)``."""
+        return [(f, sid) for f, sid in self._shared.items() if matches(_plain(f), topic)]
+
+    def deliver(self, message: Message, shared_ids: tuple[int, ...] = ()) -> bool:
+        """Hand `message` to this client if it subscribed (plus the shared subscriptions
+        whose turn it is); True when it is paused."""
         if self._on_message is None:
             return False
         ids = self._subscription_ids(message.topic)
+        if shared_ids:
+            ids = ids + shared_ids
         if not ids:
             return False
         self._push(_copy(message, ids, retain=False))

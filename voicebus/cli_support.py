@@ -1,0 +1,183 @@
+"""What the ``voicebus`` commands share: options, argument parsing, running, raw clients."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import uuid
+from collections.abc import Callable
+from difflib import get_close_matches
+from enum import Enum
+from types import UnionType
+from typing import Annotated, Any, Union, get_args, get_origin
+
+import typer
+
+from . import cli_output as out
+from .bus import EventBus
+from .codec import InvalidMessage, decode
+from .errors import DecodeError
+from .events import Event
+from .routes import ROUTES, Route
+from .topics import check_filter
+from .transport import Message, Transport, open_transport, parse_url
+
+Url = Annotated[
+    str | None,
+    typer.Option(
+        "--url",
+        envvar="VOICEBUS_URL",
+        help="Bus URL: mqtt://\\[user:pass@]host\\[:port], mqtts://..., or memory:// (default).",
+        show_default=False,
+    ),
+]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+CorrelationId = Annotated[
+    str | None, typer.Option("--correlation-id", "-c", help="Correlation id.", show_default=False)
+]
+
+MEMORY_NOTE = (
+    "note: memory:// is this process only; other programs see nothing. "
+    "Use --url mqtt://HOST:1883 or set VOICEBUS_URL."
+)
+
+
+def event_type_named(name: str) -> Enum:
+    """The routed event type called `name` (value or NAME), with a did-you-mean hint."""
+    known = {r.event_type.value.lower(): r.event_type for r in ROUTES}
+    known.update({r.event_type.name.lower(): r.event_type for r in ROUTES})
+    key = name.strip().lower().replace("-", "_")
+    if key in known:
+        return known[key]
+    values = sorted({r.event_type.value for r in ROUTES})
+    close = get_close_matches(key, values, n=3, cutoff=0.6)
+    close += [v for v in values if key and key in v and v not in close][: 3 - len(close)]
+    hint = f"; did you mean {' or '.join(close)}?" if close else ""
+    raise out.CliError(f"unknown event type {name!r}{hint} (voicebus topics lists them all)")
+
+
+def topic_filter(pattern: str) -> str:
+    """An event type name becomes its route's filter; an MQTT filter stays as given."""
+    if pattern == "*":
+        return "#"
+    if "/" in pattern or pattern in ("#", "+") or pattern.startswith("$"):
+        check_filter(pattern)
+        return pattern
+    return ROUTES.get(event_type_named(pattern)).filter
+
+
+def _string_fields(route: Route) -> set[str]:
+    names: set[str] = set()
+    for name, info in route.model.model_fields.items():
+        ann = info.annotation
+        if ann is str or (get_origin(ann) in (Union, UnionType) and str in get_args(ann)):
+            names.update({name, info.alias or name})
+    return names
+
+
+def build_payload(route: Route, data: str | None, pairs: list[str]) -> dict[str, Any]:
+    """``--data`` JSON, then ``key=value`` pairs (JSON scalars unless the field is a
+    string) and ``key:=json`` pairs (always JSON)."""
+    payload: dict[str, Any] = {}
+    if data is not None:
+        try:
+            parsed = json.loads(data)
+        except json.JSONDecodeError as exc:
+            raise out.CliError(f"--data is not valid JSON: {exc}") from None
+        if not isinstance(parsed, dict):
+            raise out.CliError(f"--data must be a JSON object, got {type(parsed).__name__}")
+        payload.update(parsed)
+    strings = _string_fields(route)
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.rstrip(":"):
+            raise out.CliError(f"expected key=value or key:=json, got {pair!r}")
+        if key.endswith(":"):
+            key = key[:-1]
+            try:
+                payload[key] = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise out.CliError(f"{key}:= needs JSON, got {raw!r}: {exc}") from None
+            continue
+        value: Any = raw
+        if key not in strings:
+            try:
+                value = json.loads(raw)
+            except json.JSONDecodeError:
+                value = raw
+            if isinstance(value, dict | list):
+                value = raw
+        payload[key] = value
+    return payload
+
+
+def run(main: Callable[[], Any]) -> Any:
+    """Run an async command body; voicebus errors become one line and an exit code."""
+    with out.reported_errors():
+        return asyncio.run(main())
+
+
+def client_id() -> str:
+    return f"voicebus-cli-{uuid.uuid4().hex[:8]}"
+
+
+def check_url(url: str) -> bool:
+    """Validate `url` (`VoicebusError` if unusable); True when it is ``memory://``."""
+    return parse_url(url).scheme == "memory"
+
+
+def stop_on_signals(stop: asyncio.Event) -> Callable[[], None]:
+    """Set `stop` on SIGINT/SIGTERM (a clean exit 0); returns the undo function."""
+    loop = asyncio.get_running_loop()
+    sigs = (signal.SIGINT, signal.SIGTERM)
+    for sig in sigs:
+        loop.add_signal_handler(sig, stop.set)
+
+    def undo() -> None:
+        for sig in sigs:
+            loop.remove_signal_handler(sig)
+
+    return undo
+
+
+CLIENT_OPTIONS: dict[str, Any] = {"status": False}
+"""A one-shot command is no service: it publishes no retained online/offline status."""
+
+
+def cli_bus(url: str) -> EventBus:
+    """A bus for one command (no history, no status)."""
+    return EventBus(url, client_id=client_id(), enable_history=False, **CLIENT_OPTIONS)
+
+
+async def raw_client(url: str, on_message: Callable[[Message], None]) -> Transport:
+    """A bare transport connection: a passive tool sees every message as it is and,
+    unlike a bus, never turns bad input into dead letters or ERROR_OCCURRED events."""
+    transport = open_transport(parse_url(url), client_id=client_id(), **CLIENT_OPTIONS)
+    await transport.connect(on_message)
+    return transport
+
+
+class Decoder:
+    """Messages to `listen` records: decoded events, invalid ones, unrouted ones."""
+
+    def __init__(self) -> None:
+        self._count = 0
+
+    def _new_id(self) -> str:
+        self._count += 1
+        return f"cli-{self._count}"
+
+    def __call__(self, message: Message) -> dict[str, Any]:
+        event: Event | None = None
+        problem: str | None = None
+        try:
+            event = decode(message, ROUTES, self._new_id)
+        except InvalidMessage as exc:
+            event, problem = exc.event, str(exc)
+        except DecodeError:  # no route knows this topic: shown raw
+            pass
+        record = out.event_record(event, message.topic, message.payload, message.retain, problem)
+        if event is None and message.correlation_data is not None:
+            record["correlation_id"] = message.correlation_data.decode("utf-8", "replace")
+        return record
