@@ -350,3 +350,9 @@ async def test_subscribe_before_start_and_stop_is_clean(bus_url: str) -> None:
     await bus.stop()
     assert not bus.is_running
     await bus.stop()
+
+
+async def test_request_with_invalid_payload_leaves_no_pending_wait(bus: EventBus) -> None:
+    with pytest.raises(PayloadValidationError):
+        await bus.request(EventType.SPEECH_DETECTED, {}, EventType.RESPONSE_GENERATED, 1)
+    assert bus.get_stats()["pending_waits"] == 0

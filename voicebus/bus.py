@@ -1,32 +1,35 @@
 """`EventBus`: the seed API over a transport.
 
 Data flows one way: ``emit -> validate -> encode -> transport`` on the sending
-side; ``transport -> decode -> wait_for futures -> queue -> pre middleware ->
-handlers by priority -> post middleware -> history/stats`` on the receiving side.
+side; ``transport -> decode -> wait_for futures -> dispatch (pre middleware ->
+handlers by priority -> post middleware) -> history/stats`` on the receiving side.
+The pieces live in their own modules: `codec`, `transport`, `dispatch`,
+`broker_filters`, `waiters`, `monitor`, `failures`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import itertools
 import logging
 import time
 import uuid
-from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Coroutine, Mapping
 from dataclasses import fields
 from enum import Enum
 from typing import Any, ClassVar
 
+from . import failures
+from .broker_filters import BrokerFilters
 from .codec import InvalidMessage, decode, encode
+from .dispatch import Dispatcher, Middleware
 from .errors import BusStateError, DecodeError, VoicebusError
-from .events import Event, EventType
+from .events import Event, EventType, event_type_named
 from .models import Payload
-from .monitor import HandlerStats, Monitor, SeenIds
+from .monitor import Monitor, SeenIds
 from .routes import PREFIX, ROUTES, SYSTEM_PREFIXES, RouteTable
-from .subscriptions import EventFilter, Handler, Subscription, SubscriptionRegistry, handler_name
-from .transport import CONSUMER, Message, Transport, open_transport, parse_url, resolve_url
+from .subscriptions import EventFilter, Handler, Subscription, SubscriptionRegistry
+from .transport import Message, Transport, open_transport, parse_url, resolve_url
 from .transport.mqtt import MqttOptions
 from .waiters import Waiter, Waiters
 
@@ -34,7 +37,6 @@ log = logging.getLogger("voicebus")
 
 Target = Enum | str
 """What `subscribe` and `wait_for` accept: an event type or an MQTT topic filter."""
-Middleware = Callable[[Event], Any]
 
 _MQTT_OPTIONS = {f.name for f in fields(MqttOptions)} - {"client_id"}
 
@@ -78,35 +80,31 @@ class EventBus:
         prefix = uuid.uuid4().hex[:12]
         self.client_id = client_id or f"voicebus-{prefix}"
         self.component = component
-        self.max_queue_size = max(1, max_queue_size)
         self._options = options
         self._max_payload = int(options.get("max_payload_size") or MqttOptions.max_payload_size)
         self._routes = routes or ROUTES
         self._counter = itertools.count(1)
         self._id_prefix = prefix
-        self._own_ids = prefix + "-"
         self.monitor = Monitor(
             enable_history=enable_history,
             history_size=history_size,
             dead_letter_size=dead_letter_size,
         )
         self._subs = SubscriptionRegistry()
+        self._filters = BrokerFilters(self._subs)
         self._waiters = Waiters()
-        self._lingering: OrderedDict[str, None] = OrderedDict()
-        self._pre: list[Middleware] = []
-        self._post: list[Middleware] = []
-        self._handler_stats: list[tuple[Subscription, HandlerStats]] = []
         self._dispatched = SeenIds(10_000)
-        self._group_sids: set[int] = set()
-        self._queue: deque[tuple[Event, tuple[int, ...]]] = deque()
+        self._dispatcher = Dispatcher(
+            self._subs,
+            self.monitor,
+            self._handler_failed,
+            self._remove,
+            own_ids=prefix + "-",
+            max_queue_size=max(1, max_queue_size),
+        )
         self._transport: Transport | None = None
         self._running = False
-        self._paused = False
-        self._delivering = False
-        self._wakeup: asyncio.Event | None = None
-        self._dispatcher: asyncio.Task[None] | None = None
         self._start_lock: asyncio.Lock | None = None
-        self._sub_chain: asyncio.Future[Any] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -127,6 +125,10 @@ class EventBus:
     def source(self) -> str:
         """The default `Event.source` of events this bus emits."""
         return self.client_id
+
+    @property
+    def max_queue_size(self) -> int:
+        return self._dispatcher.max_queue_size
 
     def _new_id(self) -> str:
         """An id for an event this bus emits (``<bus prefix>-<n>``)."""
@@ -151,12 +153,10 @@ class EventBus:
                 transport.on_publish_failed = self._publish_failed
             self._transport = transport
             self._loop = asyncio.get_running_loop()
-            self._wakeup = asyncio.Event()
-            self._paused = False
-            self._dispatcher = asyncio.create_task(self._dispatch_loop(), name="voicebus-dispatch")
+            self._dispatcher.start(transport)
+            self._filters.transport = transport
             try:
-                for topic_filter, ref in list(self._subs.filters.items()):
-                    await transport.subscribe(topic_filter, ref.subscription_id)
+                await self._filters.subscribe_all()
             except BaseException:
                 await self._shutdown()
                 raise
@@ -172,23 +172,16 @@ class EventBus:
             return
         self._running = False
         deadline = time.monotonic() + drain_timeout
-        while (self._queue or self._delivering or self._tasks) and time.monotonic() < deadline:
+        while (self._dispatcher.busy or self._tasks) and time.monotonic() < deadline:
             await asyncio.sleep(0.001)
         await self._shutdown()
 
     async def _shutdown(self) -> None:
         for task in list(self._tasks):
             task.cancel()
-        if self._dispatcher is not None:
-            self._dispatcher.cancel()
-            try:
-                await self._dispatcher
-            except asyncio.CancelledError:
-                pass
-            self._dispatcher = None
+        await self._dispatcher.stop()
+        self._filters.reset()
         transport, self._transport = self._transport, None
-        self._queue.clear()
-        self._sub_chain = None
         if transport is not None:
             await transport.close()
 
@@ -207,7 +200,7 @@ class EventBus:
         if not isinstance(target, str):
             raise TypeError(f"expected an EventType or an MQTT topic filter, got {target!r}")
         if "/" not in target and target not in ("#", "+", "*"):
-            event_type = _event_type_named(target)
+            event_type = event_type_named(target)
             return self._routes.get(event_type).filter, event_type
         return ("#" if target == "*" else target), None
 
@@ -232,13 +225,19 @@ class EventBus:
             raise TypeError(f"handler must be callable, got {handler!r}")
         topic_filter, etype = self._filter_for(event_type)
         sub = Subscription(
-            topic_filter, handler, priority, filter_func, once, etype, group,
+            topic_filter,
+            handler,
+            priority,
+            filter_func,
+            once,
+            etype,
+            group,
             component or self.component,
         )
         if self._subs.add(sub):
-            self._broker_subscribe(sub.broker_filter)
+            self._filters.subscribe(sub.broker_filter)
         if group:
-            self._group_sids.add(self._subs.filters[sub.broker_filter].subscription_id)
+            self._dispatcher.group_sids.add(self._subs.filters[sub.broker_filter].subscription_id)
         return sub
 
     def once(
@@ -261,48 +260,12 @@ class EventBus:
     def _remove(self, sub: Subscription) -> None:
         sid = self._subs.subscription_id(sub.broker_filter)
         if self._subs.remove(sub):
-            self._group_sids.discard(sid or 0)
-            self._broker_unsubscribe(sub.broker_filter)
-
-    def _chain(self, make: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        """Run broker (un)subscribe calls one after another, in call order."""
-        if not self._running and self._transport is None:
-            return
-        previous = self._sub_chain
-
-        async def step() -> None:
-            if previous is not None:
-                await asyncio.gather(previous, return_exceptions=True)
-            await make()
-
-        task = asyncio.ensure_future(step())
-        self._sub_chain = task
-        task.add_done_callback(_log_failure)
-
-    def _broker_subscribe(self, topic_filter: str) -> None:
-        def make() -> Coroutine[Any, Any, None]:
-            sid = self._subs.subscription_id(topic_filter)
-            if self._transport is None or sid is None:
-                return _nothing()
-            return self._transport.subscribe(topic_filter, sid)
-
-        self._chain(make)
-
-    def _broker_unsubscribe(self, topic_filter: str) -> None:
-        def make() -> Coroutine[Any, Any, None]:
-            if self._transport is None or self._subs.subscription_id(topic_filter) is not None:
-                return _nothing()
-            return self._transport.unsubscribe(topic_filter)
-
-        self._chain(make)
+            self._dispatcher.group_sids.discard(sid or 0)
+            self._filters.unsubscribe(sub.broker_filter)
 
     async def _settle(self) -> None:
         """Wait until the broker has acknowledged every (un)subscribe made so far."""
-        chain = self._sub_chain
-        if chain is not None:
-            await asyncio.gather(chain, return_exceptions=True)
-            if self._sub_chain is chain:
-                self._sub_chain = None
+        await self._filters.settle()
 
     # --- middleware ------------------------------------------------------------------
 
@@ -311,10 +274,11 @@ class EventBus:
 
         A pre middleware may change ``event.metadata``; returning ``False`` drops the event.
         """
-        (self._post if post or not pre else self._pre).append(middleware)
+        d = self._dispatcher
+        (d.post if post or not pre else d.pre).append(middleware)
 
     def remove_middleware(self, middleware: Middleware) -> None:
-        for chain in (self._pre, self._post):
+        for chain in (self._dispatcher.pre, self._dispatcher.post):
             while middleware in chain:
                 chain.remove(middleware)
 
@@ -334,7 +298,7 @@ class EventBus:
         the event type's model; nothing is published then.
         """
         if isinstance(event_type, str) and not isinstance(event_type, Enum):
-            event_type = _event_type_named(event_type)
+            event_type = event_type_named(event_type)
         route = self._routes.get(event_type)
         event, message = encode(
             route,
@@ -352,8 +316,8 @@ class EventBus:
         """Publish an already encoded message (after pending subscriptions settle)."""
         if not self._running:
             await self.start()
-        if self._sub_chain is not None:
-            await self._settle()
+        if self._filters.pending:
+            await self._filters.settle()
         transport = self._transport
         if transport is None:
             raise BusStateError("the bus was stopped")
@@ -369,15 +333,15 @@ class EventBus:
     ) -> Awaitable[Event | None]:
         """Emit an event and wait for the response with the same correlation id."""
         cid = correlation_id or f"req-{self._new_id()}"
-        waiting = self.wait_for(response_type, timeout=timeout, correlation_id=cid)
+        waiter = self._register_wait(response_type, cid, None)
 
         async def run() -> Event | None:
             try:
                 await self.emit(event_type, data, correlation_id=cid)
             except BaseException:
-                waiting.close()
+                self._end_wait(waiter)
                 raise
-            return await waiting
+            return await self._wait(waiter, timeout)
 
         return run()
 
@@ -395,44 +359,34 @@ class EventBus:
         The wait is registered when this is called (before the caller goes on) and
         removed when the returned coroutine finishes, however it finishes.
         """
-        topic_filter, _ = self._filter_for(event_type)
+        return self._wait(self._register_wait(event_type, correlation_id, filter_func), timeout)
+
+    def _register_wait(
+        self, target: Target, correlation_id: str | None, filter_func: EventFilter | None
+    ) -> Waiter:
+        topic_filter, _ = self._filter_for(target)
         future: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
         waiter = Waiter(topic_filter, future, correlation_id, filter_func)
         self._waiters.add(waiter)
         if self._subs.acquire(topic_filter):
-            self._broker_subscribe(topic_filter)
-        return self._wait(waiter, timeout)
+            self._filters.subscribe(topic_filter)
+        return waiter
+
+    def _end_wait(self, waiter: Waiter) -> None:
+        self._waiters.discard(waiter)
+        self._filters.linger(waiter.topic_filter)
 
     async def _wait(self, waiter: Waiter, timeout: float | None) -> Event | None:
         try:
             if not self._running:
                 await self.start()
-            if self._sub_chain is not None:
-                await self._settle()
+            if self._filters.pending:
+                await self._filters.settle()
             return await asyncio.wait_for(waiter.future, timeout)
         except TimeoutError:
             return None
         finally:
-            self._waiters.discard(waiter)
-            self._linger(waiter.topic_filter)
-
-    def _linger(self, topic_filter: str) -> None:
-        """Keep a waited-for filter subscribed for the next wait (bounded).
-
-        Request/response in a loop would otherwise pay a SUBSCRIBE and an
-        UNSUBSCRIBE round trip per request (measured: +300-450 µs at p50).
-        """
-        lingering = self._lingering
-        if topic_filter in lingering:
-            lingering.move_to_end(topic_filter)
-            if self._subs.release(topic_filter):
-                self._broker_unsubscribe(topic_filter)
-            return
-        lingering[topic_filter] = None
-        if len(lingering) > 64:
-            oldest, _ = lingering.popitem(last=False)
-            if self._subs.release(oldest):
-                self._broker_unsubscribe(oldest)
+            self._end_wait(waiter)
 
     # --- receiving ---------------------------------------------------------------------
 
@@ -455,7 +409,7 @@ class EventBus:
                 self._inbound_failure(message, exc.reason, str(exc), None)
             return
         sids = message.subscription_ids
-        if self._group_sids and sids and self._group_sids.issuperset(sids):
+        if self._dispatcher.is_group_copy(sids):
             # The broker's copy for a group (shared subscription) of this bus: it is
             # dispatched to that group's handlers only, apart from the plain copy.
             if not self._dispatched.add(event.id + "\x00group"):
@@ -465,130 +419,16 @@ class EventBus:
                 return
             if len(self._waiters):
                 self._waiters.resolve(event)
-        queue = self._queue
-        queue.append((event, message.subscription_ids))
-        wakeup = self._wakeup
-        if wakeup is not None and len(queue) == 1:
-            wakeup.set()
-        if len(queue) >= self.max_queue_size and not self._paused and self._transport:
-            self._paused = True
-            self._transport.pause_reading()
-
-    async def _dispatch_loop(self) -> None:
-        CONSUMER.set(self._transport)
-        queue = self._queue
-        wakeup = self._wakeup
-        assert wakeup is not None
-        resume_at = self.max_queue_size // 2
-        while True:
-            if not queue:
-                wakeup.clear()
-                await wakeup.wait()
-                continue
-            event, sids = queue.popleft()
-            if self._paused and len(queue) <= resume_at and self._transport is not None:
-                self._paused = False
-                self._transport.resume_reading()
-            self._delivering = True
-            try:
-                await self._deliver(event, sids)
-            except Exception:  # never let one event stop the bus
-                log.exception("dispatch of %s failed", event)
-            finally:
-                self._delivering = False
-
-    async def _deliver(self, event: Event, sids: tuple[int, ...]) -> None:
-        started = time.perf_counter()
-        for middleware in self._pre:
-            if await self._run_middleware(middleware, event) is False:
-                return
-        perf = time.perf_counter
-        group_copy = bool(self._group_sids and sids and self._group_sids.issuperset(sids))
-        for sub in self._subs.matching(event.topic):
-            if not sub.active:
-                continue
-            if sub.group is not None:
-                if self._subs.subscription_id(sub.broker_filter) not in sids:
-                    continue
-            elif group_copy:
-                continue
-            if sub.filter_func is not None:
-                try:
-                    if not sub.filter_func(event):
-                        continue
-                except Exception as exc:
-                    self._handler_failed(event, sub, exc)
-                    continue
-            if sub.once:
-                self._remove(sub)
-            stats = self._stats_for(sub, event)
-            begin = perf()
-            try:
-                result = sub.handler(event)
-                if result is not None and inspect.isawaitable(result):
-                    await result
-            except Exception as exc:
-                stats.error_count += 1
-                self._handler_failed(event, sub, exc)
-            stats.call_count += 1
-            stats.total_duration += perf() - begin
-        for middleware in self._post:
-            await self._run_middleware(middleware, event)
-        monitor = self.monitor
-        monitor.processed += 1
-        monitor.processing_time += perf() - started
-        if not event.id.startswith(self._own_ids):  # emitted here: counted by emit
-            monitor.record(event)
-
-    async def _run_middleware(self, middleware: Middleware, event: Event) -> Any:
-        try:
-            result = middleware(event)
-            if inspect.isawaitable(result):
-                result = await result
-            return result
-        except Exception as exc:
-            self._record_failure(event, handler_name(middleware), exc, "bus")
-            return None
-
-    def _stats_for(self, sub: Subscription, event: Event) -> HandlerStats:
-        stats: HandlerStats | None = getattr(sub, "stats", None)
-        if stats is None:
-            label = sub.event_type.value if sub.event_type is not None else sub.topic_filter
-            stats = HandlerStats(sub.name, str(label))
-            sub.stats = stats  # type: ignore[attr-defined]
-            self._handler_stats.append((sub, stats))
-        return stats
+        self._dispatcher.enqueue(event, sids)
 
     # --- failures ----------------------------------------------------------------------
 
-    def _handler_failed(self, event: Event, sub: Subscription, exc: Exception) -> None:
-        self._record_failure(event, sub.name, exc, sub.component)
-
-    def _record_failure(self, event: Event, handler: str, exc: Exception, component: str) -> None:
-        error = str(exc) or type(exc).__name__
-        log.error("handler %s failed on %s: %s", handler, event.type.value, error, exc_info=exc)
-        self._dead_letter(
-            {
-                "event": event,
-                "error": error,
-                "handler": handler,
-                "time": time.time(),
-                "reason": "handler_error",
-                "exception": type(exc).__name__,
-                "topic": event.topic,
-                "payload": None,
-            }
-        )
-        if event.type != EventType.ERROR_OCCURRED:
-            data = {
-                "error": error,
-                "handler": handler,
-                "context": event.type.value,
-                "siteId": event.data.get("siteId") or "default",
-                "sessionId": event.data.get("sessionId"),
-                "component": component,
-            }
-            self._spawn(self._emit_error(data, event.correlation_id))
+    def _handler_failed(self, event: Event, handler: str, exc: Exception, component: str) -> None:
+        record = failures.handler_failure(event, handler, exc)
+        log.error("handler %s failed on %s: %s", handler, event.type.value, exc, exc_info=exc)
+        self._dead_letter(record)
+        if event.type != EventType.ERROR_OCCURRED:  # never an error about an error handler
+            self._emit_error(failures.error_event_data(record, component), event.correlation_id)
 
     def _publish_failed(self, message: Message, exc: Exception) -> None:
         """The broker refused a message sent from the outbox after a reconnect."""
@@ -598,20 +438,10 @@ class EventBus:
         self, message: Message, reason: str, error: str, event: Event | None
     ) -> None:
         log.warning("dead letter from %s: %s", message.topic, error)
-        self._dead_letter(
-            {
-                "event": event,
-                "error": error,
-                "handler": None,
-                "time": time.time(),
-                "reason": reason,
-                "topic": message.topic,
-                "payload": message.payload,
-            }
-        )
+        record = failures.inbound_failure(message, reason, error, event)
+        self._dead_letter(record)
         if not message.topic.startswith("voicebus/error/"):
-            data = {"error": error, "context": reason, "component": "bus"}
-            self._spawn(self._emit_error(data, None))
+            self._emit_error(failures.error_event_data(record, "bus"), None)
 
     def _dead_letter(self, record: dict[str, Any]) -> None:
         """Keep `record` in memory and publish it retained to voicebus/deadLetter/<id>."""
@@ -620,11 +450,14 @@ class EventBus:
         self.monitor.dead_letter(record)
         self._spawn(publish_dead_letter(self, record))
 
-    async def _emit_error(self, data: dict[str, Any], correlation_id: str | None) -> None:
-        try:
-            await self.emit(EventType.ERROR_OCCURRED, data, correlation_id=correlation_id)
-        except VoicebusError as exc:
-            log.warning("could not emit ERROR_OCCURRED: %s", exc)
+    def _emit_error(self, data: dict[str, Any], correlation_id: str | None) -> None:
+        async def emit() -> None:
+            try:
+                await self.emit(EventType.ERROR_OCCURRED, data, correlation_id=correlation_id)
+            except VoicebusError as exc:
+                log.warning("could not emit ERROR_OCCURRED: %s", exc)
+
+        self._spawn(emit())
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)
@@ -636,7 +469,7 @@ class EventBus:
     def get_stats(self) -> dict[str, Any]:
         """Metrics in the seed's shape: ``metrics``, ``handler_stats`` and more."""
         stats = self.monitor.snapshot()
-        stats["handler_stats"] = [s.as_dict() for _, s in self._handler_stats]
+        stats["handler_stats"] = [s.as_dict() for s in self._dispatcher.handler_stats]
         stats.update(
             {
                 "url": self._parsed_url.redacted(),
@@ -644,7 +477,7 @@ class EventBus:
                 "running": self._running,
                 "subscriptions": len(self._subs),
                 "broker_filters": sorted(self._subs.filters),
-                "queue_size": len(self._queue),
+                "queue_size": len(self._dispatcher),
                 "max_queue_size": self.max_queue_size,
                 "pending_waits": len(self._waiters),
             }
@@ -661,34 +494,3 @@ class EventBus:
 
     def clear_dead_letter_queue(self) -> None:
         self.monitor.dead_letters.clear()
-
-
-def _event_type_named(name: str) -> Enum:
-    """`EventType` by value (``speech_detected``) or name (``SPEECH_DETECTED``)."""
-    try:
-        return EventType(name)
-    except ValueError:
-        pass
-    try:
-        return EventType[name.upper()]
-    except KeyError:
-        from difflib import get_close_matches
-
-        names = [e.value for e in EventType]
-        close = get_close_matches(name.lower(), names, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        from .errors import UnknownEventTypeError
-
-        raise UnknownEventTypeError(f"unknown event type {name!r}{hint}") from None
-
-
-async def _nothing() -> None:
-    return None
-
-
-def _log_failure(task: asyncio.Future[Any]) -> None:
-    if task.cancelled():
-        return
-    exc = task.exception()
-    if exc is not None:
-        log.error("broker subscription change failed: %s", exc)

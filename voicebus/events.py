@@ -89,3 +89,22 @@ class Event:
             f"Event(type={self.type.value!r}, id={self.id!r}, topic={self.topic!r}, "
             f"correlation_id={self.correlation_id!r}, data={self.data!r})"
         )
+
+
+def event_type_named(name: str) -> Enum:
+    """`EventType` by value (``speech_detected``) or name (``SPEECH_DETECTED``);
+    an unknown name gets a "did you mean" suggestion."""
+    try:
+        return EventType(name)
+    except ValueError:
+        pass
+    try:
+        return EventType[name.upper()]
+    except KeyError:
+        from difflib import get_close_matches
+
+        from .errors import UnknownEventTypeError
+
+        close = get_close_matches(name.lower(), [e.value for e in EventType], n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise UnknownEventTypeError(f"unknown event type {name!r}{hint}") from None

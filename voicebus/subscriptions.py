@@ -13,6 +13,7 @@ from enum import Enum
 from typing import Any
 
 from .events import Event
+from .monitor import HandlerStats
 from .topics import check_filter, matches
 
 Handler = Callable[[Event], Awaitable[Any] | Any]
@@ -40,6 +41,7 @@ class Subscription:
     seq: int = 0
     active: bool = True
     name: str = field(default="")
+    stats: HandlerStats | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not self.name:

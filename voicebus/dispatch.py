@@ -1,0 +1,182 @@
+"""Dispatch: received events through middleware and handlers, one at a time, in order.
+
+The transport callback queues decoded events here; one task takes them out.
+When `max_queue_size` events wait, the transport is paused (it stops reading the
+socket, so the broker holds the rest) and resumed at half; nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from .events import Event
+from .monitor import HandlerStats, Monitor
+from .subscriptions import Subscription, SubscriptionRegistry, handler_name
+from .transport import CONSUMER, Transport
+
+log = logging.getLogger("voicebus")
+
+Middleware = Callable[[Event], Any]
+FailureReport = Callable[[Event, str, Exception, str], None]
+"""Called as ``report(event, handler_name, exception, component)``."""
+
+
+class Dispatcher:
+    """The receiving end of a bus: queue, middleware, handlers by priority, stats."""
+
+    def __init__(
+        self,
+        registry: SubscriptionRegistry,
+        monitor: Monitor,
+        report_failure: FailureReport,
+        remove_subscription: Callable[[Subscription], None],
+        *,
+        own_ids: str,
+        max_queue_size: int,
+    ) -> None:
+        self._registry = registry
+        self._monitor = monitor
+        self._report = report_failure
+        self._remove = remove_subscription
+        self._own_ids = own_ids
+        self.max_queue_size = max_queue_size
+        self.pre: list[Middleware] = []
+        self.post: list[Middleware] = []
+        self.handler_stats: list[HandlerStats] = []
+        self.group_sids: set[int] = set()
+        self._queue: deque[tuple[Event, tuple[int, ...]]] = deque()
+        self._transport: Transport | None = None
+        self._paused = False
+        self._delivering = False
+        self._wakeup: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    @property
+    def busy(self) -> bool:
+        """Events are waiting or being handled."""
+        return bool(self._queue) or self._delivering
+
+    def start(self, transport: Transport) -> None:
+        self._transport = transport
+        self._paused = False
+        self._wakeup = asyncio.Event()
+        self._task = asyncio.create_task(self._run(), name="voicebus-dispatch")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        self._queue.clear()
+        self._transport = None
+
+    def is_group_copy(self, sids: tuple[int, ...]) -> bool:
+        """The broker's copy for this bus's shared subscription(s) only."""
+        return bool(self.group_sids and sids and self.group_sids.issuperset(sids))
+
+    def enqueue(self, event: Event, sids: tuple[int, ...]) -> None:
+        """Queue a received event (from the transport callback; never blocks)."""
+        queue = self._queue
+        queue.append((event, sids))
+        if len(queue) == 1 and self._wakeup is not None:
+            self._wakeup.set()
+        if len(queue) >= self.max_queue_size and not self._paused and self._transport:
+            self._paused = True
+            self._transport.pause_reading()
+
+    async def _run(self) -> None:
+        CONSUMER.set(self._transport)
+        queue = self._queue
+        wakeup = self._wakeup
+        assert wakeup is not None
+        resume_at = self.max_queue_size // 2
+        while True:
+            if not queue:
+                wakeup.clear()
+                await wakeup.wait()
+                continue
+            event, sids = queue.popleft()
+            if self._paused and len(queue) <= resume_at and self._transport is not None:
+                self._paused = False
+                self._transport.resume_reading()
+            self._delivering = True
+            try:
+                await self._deliver(event, sids)
+            except Exception:  # never let one event stop the bus
+                log.exception("dispatch of %s failed", event)
+            finally:
+                self._delivering = False
+
+    async def _deliver(self, event: Event, sids: tuple[int, ...]) -> None:
+        perf = time.perf_counter
+        started = perf()
+        for middleware in self.pre:
+            if await self._run_middleware(middleware, event) is False:
+                return
+        registry = self._registry
+        group_copy = self.is_group_copy(sids)
+        for sub in registry.matching(event.topic):
+            if not sub.active:
+                continue
+            if sub.group is not None:
+                if registry.subscription_id(sub.broker_filter) not in sids:
+                    continue
+            elif group_copy:
+                continue
+            if sub.filter_func is not None:
+                try:
+                    if not sub.filter_func(event):
+                        continue
+                except Exception as exc:
+                    self._report(event, sub.name, exc, sub.component)
+                    continue
+            if sub.once:  # removed before it runs, so it runs once
+                self._remove(sub)
+            stats = self._stats_for(sub)
+            begin = perf()
+            try:
+                result = sub.handler(event)
+                if result is not None and inspect.isawaitable(result):
+                    await result
+            except Exception as exc:
+                stats.error_count += 1
+                self._report(event, sub.name, exc, sub.component)
+            stats.call_count += 1
+            stats.total_duration += perf() - begin
+        for middleware in self.post:
+            await self._run_middleware(middleware, event)
+        monitor = self._monitor
+        monitor.processed += 1
+        monitor.processing_time += perf() - started
+        if not event.id.startswith(self._own_ids):  # emitted here: counted by emit
+            monitor.record(event)
+
+    async def _run_middleware(self, middleware: Middleware, event: Event) -> Any:
+        try:
+            result = middleware(event)
+            if inspect.isawaitable(result):
+                result = await result
+            return result
+        except Exception as exc:
+            self._report(event, handler_name(middleware), exc, "bus")
+            return None
+
+    def _stats_for(self, sub: Subscription) -> HandlerStats:
+        stats = sub.stats
+        if stats is None:
+            label = sub.event_type.value if sub.event_type is not None else sub.topic_filter
+            stats = sub.stats = HandlerStats(sub.name, str(label))
+            self.handler_stats.append(stats)
+        return stats
