@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .base import Message
+
 PAYLOAD_FORMAT = 0x01
 MESSAGE_EXPIRY = 0x02
 CONTENT_TYPE = 0x03
@@ -73,6 +75,17 @@ class PackedProperties:
 
     def __str__(self) -> str:
         return f"[{len(self.packed)} bytes of properties]"
+
+
+def pack_message_properties(message: Message) -> PackedProperties:
+    """`message`'s properties, packed for paho's ``publish``."""
+    return PackedProperties(
+        pack_publish_properties(
+            content_type=message.content_type,
+            correlation_data=message.correlation_data,
+            user_properties=message.user_properties,
+        )
+    )
 
 
 @dataclass(slots=True)
