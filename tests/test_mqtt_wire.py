@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+from typing import Any
 
 import aiomqtt
+import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -143,3 +145,52 @@ async def test_raw_aiomqtt_v5_peer_sees_envelope_properties(mosquitto: Mosquitto
     assert json.loads(user["metadata"]) == {"gpu": True}
     assert props.ContentType == "application/json"
     assert message.qos == 1
+
+
+async def test_qos2_message_from_a_peer_reaches_the_handler(mosquitto: Mosquitto) -> None:
+    async with EventBus(mosquitto.url()) as bus:
+        got = Collector()
+        bus.subscribe(EventType.TTS_COMPLETED, got)
+        await asyncio.sleep(0.05)
+        proc = await asyncio.create_subprocess_exec(
+            "mosquitto_pub",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(mosquitto.port),
+            "-q",
+            "2",
+            "-t",
+            "hermes/tts/sayFinished",
+            "-m",
+            '{"id": "say-1", "sessionId": "s-2"}',
+        )
+        assert await proc.wait() == 0
+        (event,) = await got.wait(1)
+        assert event.data["id"] == "say-1" and event.correlation_id == "s-2"
+
+
+async def test_a_failing_receiver_does_not_break_the_link(
+    mosquitto: Mosquitto, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import voicebus.bus
+
+    real_decode = voicebus.bus.decode
+    calls = 0
+
+    def flaky_decode(*args: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("receiver bug")
+        return real_decode(*args)
+
+    monkeypatch.setattr(voicebus.bus, "decode", flaky_decode)
+    async with EventBus(mosquitto.url()) as bus:
+        got = Collector()
+        bus.subscribe(EventType.TTS_COMPLETED, got)
+        await bus.emit(EventType.TTS_COMPLETED, {"id": "a"})
+        await bus.emit(EventType.TTS_COMPLETED, {"id": "b"})
+        (event,) = await got.wait(1)
+        assert event.data["id"] == "b" and calls == 2
+        assert bus._transport.reconnects == 0  # type: ignore[union-attr]

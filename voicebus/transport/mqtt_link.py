@@ -122,6 +122,35 @@ def install(
 
     original_handle_publish = paho._handle_publish
 
+    def safe_deliver(message: Message) -> None:
+        if not message.retain and is_copy(message):
+            return
+        try:
+            deliver(message)
+        except Exception:  # a failing receiver must not cost the PUBACK or the link
+            log.exception("receiving %s failed", message.topic)
+
+    def on_message(c: paho_mqtt.Client, userdata: Any, pm: paho_mqtt.MQTTMessage) -> None:
+        """QoS 2 messages (rare; paho runs their handshake) take paho's path."""
+        props: Any = pm.properties
+        try:
+            topic = pm.topic
+        except UnicodeDecodeError:
+            log.warning("dropping a PUBLISH whose topic is not UTF-8 (protocol violation)")
+            return
+        safe_deliver(
+            Message(
+                topic,
+                bytes(pm.payload),
+                pm.qos,
+                bool(pm.retain),
+                getattr(props, "CorrelationData", None),
+                tuple(getattr(props, "UserProperty", None) or ()),
+                getattr(props, "ContentType", None),
+                tuple(getattr(props, "SubscriptionIdentifier", None) or ()),
+            )
+        )
+
     def handle_publish() -> MQTTErrorCode:
         packet = paho._in_packet
         header = packet["command"]
@@ -130,8 +159,8 @@ def install(
             return original_handle_publish()
         data = packet["packet"]
         message = _parse_publish(data, header, qos)
-        if message is not None and (message.retain or not is_copy(message)):
-            deliver(message)
+        if message is not None:
+            safe_deliver(message)
         if qos == 1:
             pos = 2 + int.from_bytes(data[0:2], "big")
             return paho._send_puback(int.from_bytes(data[pos : pos + 2], "big"))
@@ -139,6 +168,7 @@ def install(
 
     paho.on_connect = on_connect
     paho.on_publish = on_publish
+    paho.on_message = on_message
     paho._handle_publish = handle_publish  # type: ignore[method-assign]
 
 
