@@ -90,10 +90,10 @@ class Mosquitto:
         return f"{scheme}://{at}127.0.0.1:{port}"
 
     def start(self, timeout: float = 10.0) -> Mosquitto:
-        log = self.log.open("ab")
-        self.proc = subprocess.Popen(
-            [MOSQUITTO, "-c", str(self.conf)], stdout=log, stderr=log, cwd=self.workdir
-        )
+        with self.log.open("ab") as log:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(
+                [MOSQUITTO, "-c", str(self.conf)], stdout=log, stderr=log, cwd=self.workdir
+            )
         deadline = time.monotonic() + timeout
         pending = set(self.ports.values())
         while pending:

@@ -55,6 +55,7 @@ from .mqtt_errors import BROKER_HINT, connect_error, publish_error, subscribe_er
 from .mqtt_link import (
     LinkLost,
     enter,
+    give_up,
     install,
     new_client,
     paho_log,
@@ -127,8 +128,17 @@ class MqttTransport:
         self._closing = False
         self._failed = None
         client = await self._open()
-        if not await self._resume(client):
-            raise BrokerUnavailableError(f"connection to {self.url} dropped right after connecting")
+        try:
+            if not await self._resume(client):
+                raise BrokerUnavailableError(
+                    f"connection to {self.url} dropped right after connecting"
+                )
+        except BaseException:  # failed or cancelled: leave no client behind
+            self._client = None
+            self._paho = None
+            self._online = False
+            await self._exit(client)
+            raise
         self._link_lost.clear()
         self._supervisor = asyncio.get_running_loop().create_task(
             self._supervise(), name=f"voicebus-mqtt-{self.options.client_id}"
@@ -166,16 +176,31 @@ class MqttTransport:
         self._client = None
         self._paho = None
         self._online = False
-        inflight = self._outbox.release()  # wakes whoever waits for a PUBACK
         if self._closing:
-            if inflight:
-                log.warning("%d unacknowledged message(s) lost at stop", len(inflight))
+            self._abandon()
             return
-        log.warning("connection to %s lost: %s", self.url, error or "closed by the broker")
-        self._outbox.requeue(inflight)
+        reason = error or "the broker closed the connection"
+        log.warning("connection to %s lost: %s", self.url, reason)
+        self._outbox.requeue(self._outbox.release())  # wakes whoever waits for a PUBACK
         if not self.options.reconnect:
-            self._failed = TransportError(f"connection to {self.url} lost: {error}")
+            self._failed = TransportError(f"connection to {self.url} lost: {reason}")
         self._link_lost.set()
+
+    def _give_up(self, client: aiomqtt.Client, reason: str) -> None:
+        """End `client`'s link now, as lost (what is in flight goes back to the outbox)."""
+        give_up(client, TransportError(reason))
+        self._lost(client, client._disconnected)
+
+    def _abandon(self) -> None:
+        """Closing: fail every publish still waiting for its PUBACK."""
+        lost = self._outbox.fail(
+            lambda message: TransportError(
+                f"connection to {self.url} closed before the broker acknowledged "
+                f"the publish on {message.topic}"
+            )
+        )
+        if lost:
+            log.warning("%d unacknowledged message(s) lost at stop", lost)
 
     async def _supervise(self) -> None:
         while not self._closing:
@@ -272,7 +297,16 @@ class MqttTransport:
             if not window:
                 continue
             message, fut = window.popleft()
-            code = await fut
+            if not fut.done():  # never cancel `fut`: a lost link requeues its message
+                await asyncio.wait((fut,), timeout=self.options.publish_timeout)
+                if not fut.done():
+                    self._give_up(
+                        client,
+                        f"no PUBACK within {self.options.publish_timeout}s "
+                        "while sending the outbox",
+                    )
+                    raise LinkLost
+            code = fut.result()
             if code == REQUEUED:
                 raise LinkLost
             if code >= 0x80:
@@ -281,13 +315,26 @@ class MqttTransport:
                 self._outbox.acknowledged(message)
 
     def _send(self, paho: paho_mqtt.Client, message: Message) -> asyncio.Future[int] | None:
-        """Publish on `paho`; the PUBACK future for QoS 1 (registered in flight)."""
+        """Publish on `paho`; the PUBACK future for QoS 1 (registered in flight).
+
+        A message too large for the broker (a packet over its Maximum Packet Size
+        gets us disconnected) is not sent but refused, like a direct `publish`.
+        """
+        props = pack_message_properties(message)
+        limit = self._broker_max_packet
+        if (
+            limit
+            and len(message.payload) + len(props.packed) + 4 * len(message.topic) + _PACKET_OVERHEAD
+            > limit
+        ):
+            self._undeliverable(message, self._too_large(message))
+            return None
         info = paho.publish(
             message.topic,
             message.payload,
             message.qos,
             message.retain,
-            pack_message_properties(message),  # type: ignore[arg-type]
+            props,  # type: ignore[arg-type]
         )
         if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
             self._outbox.queued.appendleft(message)
@@ -303,14 +350,23 @@ class MqttTransport:
         return fut
 
     def _refused(self, message: Message, code: int) -> None:
-        """A message nobody awaits any more was refused: log it and tell the bus."""
-        error = publish_error(self.url, message.topic, code)
+        """A message nobody awaits any more was refused with reason `code`."""
+        self._undeliverable(message, publish_error(self.url, message.topic, code))
+
+    def _undeliverable(self, message: Message, error: Exception) -> None:
+        """A message nobody awaits any more cannot be sent: log it and tell the bus."""
         log.error("%s", error)
         if self.on_publish_failed is not None:
             self.on_publish_failed(message, error)
 
     async def close(self) -> None:
-        """Flush what the outbox holds (briefly), publish ``offline``, disconnect."""
+        """Flush what the outbox holds and wait for the PUBACKs still due (together
+        at most `publish_timeout`), publish ``offline``, disconnect.
+
+        A publish still waiting for its PUBACK then fails at once (`TransportError`).
+        The session state (filters, outbox) is reset: connected again, the
+        transport starts afresh, as a new one would (and as the memory transport does).
+        """
         self._closing = True
         supervisor, self._supervisor = self._supervisor, None
         if supervisor is not None:
@@ -322,24 +378,36 @@ class MqttTransport:
         client = self._client
         if client is not None:
             try:
-                if self._outbox:
-                    await asyncio.wait_for(self._flush(client), self.options.publish_timeout)
+                await asyncio.wait_for(self._settle(client), self.options.publish_timeout)
                 topic = self.options.status_topic()
-                if topic is not None:
+                if topic is not None and self._client is client:
                     await self._announce(client, topic, OFFLINE)
             except (LinkLost, TimeoutError, TransportError) as exc:
                 log.debug("clean stop on %s: %s", self.url, exc)
-        if self._outbox:
+        dropped = self._outbox.drop()
+        if dropped:
             log.warning(
-                "%d message(s) in the outbox of %s were not sent before stop",
-                self._outbox.drop(),
-                self.url,
+                "%d message(s) in the outbox of %s were not sent before stop", dropped, self.url
             )
+        self._abandon()
         self._client = None
         self._paho = None
         self._online = False
-        if client is None:
-            return
+        self._filters = SessionFilters()
+        self._paused = False
+        if client is not None:
+            await self._exit(client)
+
+    async def _settle(self, client: aiomqtt.Client) -> None:
+        """Send what the outbox holds, then wait for every PUBACK still due."""
+        if self._outbox:
+            await self._flush(client)
+        waiting = [fut for _, fut in self._inflight.values()]
+        if waiting:
+            await asyncio.wait(waiting)  # not wait_for/gather: never cancel a publisher's future
+
+    async def _exit(self, client: aiomqtt.Client) -> None:
+        """Disconnect `client` (aiomqtt's ``__aexit__``: socket, tasks, lock)."""
         try:
             await client.__aexit__(None, None, None)
         except aiomqtt.MqttError as exc:
@@ -350,8 +418,9 @@ class MqttTransport:
     def _check_open(self) -> None:
         if self._closing or self._on_message is None:
             raise BusStateError(f"not connected to {self.url}")
-        if self._failed is not None:
-            raise self._failed
+        failed = self._failed
+        if failed is not None:  # a fresh error each time: no traceback growing per retry
+            raise type(failed)(*failed.args) from None
 
     async def publish(self, message: Message) -> None:
         """Publish; QoS 1 returns on the PUBACK, or once the message is in the outbox
@@ -404,6 +473,13 @@ class MqttTransport:
             self._outbox.acknowledged(message)
 
     def _too_large(self, message: Message) -> PayloadTooLargeError:
+        size = len(message.payload)
+        if size <= self._payload_limit and self._broker_max_packet:  # topic and properties
+            return PayloadTooLargeError(
+                f"the publish of {size} bytes on {message.topic} exceeds, with its topic "
+                f"and properties, the broker's maximum packet size {self._broker_max_packet}; "
+                "send large data out of band"
+            )
         limit = self._payload_limit
         where = "max_payload_size"
         if self._broker_max_packet and limit >= self._broker_max_packet - _PACKET_OVERHEAD:

@@ -268,6 +268,14 @@ async def until_lost(client: aiomqtt.Client, operation: Coroutine[Any, Any, T]) 
     raise LinkLost
 
 
+def give_up(client: aiomqtt.Client, error: Exception) -> None:
+    """End `client`'s link now (its broker stopped answering): the loss is reported
+    as `error`, the socket closed."""
+    if not client._disconnected.done():
+        client._disconnected.set_exception(error)
+    client._client._sock_close()
+
+
 def stop_reading(paho: paho_mqtt.Client | None) -> None:
     """Stop reading `paho`'s socket (`start_reading` resumes)."""
     sock = paho.socket() if paho is not None else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Callable
 
 from ..errors import BackpressureError
 from .base import Message
@@ -28,8 +29,9 @@ class Outbox:
 
     When the link drops, `release` wakes every PUBACK waiter with `REQUEUED` and
     `requeue` puts the recently acknowledged and the released messages back at the
-    head of `queued`. The per-message hot paths use `queued` and `inflight`
-    directly; the methods cover the rest.
+    head of `queued`. When the transport closes, `fail` fails the waiters instead
+    and `drop` empties the rest. The per-message hot paths use `queued` and
+    `inflight` directly; the methods cover the rest.
     """
 
     def __init__(self, url: str, size: int, resend_window: float) -> None:
@@ -95,8 +97,23 @@ class Outbox:
             log.info("sending %d recently acknowledged message(s) again", len(again))
         return again
 
+    def fail(self, error: Callable[[Message], Exception]) -> int:
+        """The link is closing: fail every PUBACK waiter with `error(message)`; how
+        many were still waiting."""
+        inflight = list(self.inflight.values())
+        self.inflight.clear()
+        failed = 0
+        for message, pending in inflight:
+            if not pending.done():
+                pending.set_exception(error(message))
+                pending.exception()  # one sent from the outbox has no waiter: no "never retrieved"
+                failed += 1
+        return failed
+
     def drop(self) -> int:
-        """Empty the queue; how many messages it held."""
+        """Empty the queue and forget the recently acknowledged (the transport
+        closes); how many messages were queued."""
         count = len(self.queued)
         self.queued.clear()
+        self._recent.clear()
         return count
