@@ -103,6 +103,8 @@ class EventBus:
             max_queue_size=max(1, max_queue_size),
         )
         self._transport: Transport | None = None
+        self._acker: Transport | None = None
+        """The transport that acknowledges received messages (`Message.ack`)."""
         self._running = False
         self._start_lock: asyncio.Lock | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -148,7 +150,14 @@ class EventBus:
             if self._running:
                 return
             transport = open_transport(self._parsed_url, client_id=self.client_id, **self._options)
-            await transport.connect(self._on_message)
+            self._acker = transport  # messages may come while it connects
+            # With a persistent session, acknowledge a QoS 1 message only after its
+            # handlers ran, so a crash in between gets it redelivered. Without one the
+            # broker forgets unacknowledged messages anyway, and acknowledging at once
+            # keeps the broker's in-flight window (Mosquitto: max_inflight_messages)
+            # from stalling a handler that awaits a reply behind a full queue.
+            defer = bool(self._options.get("session_expiry"))
+            await transport.connect(self._on_message, defer_acks=defer)
             if hasattr(transport, "on_publish_failed"):
                 transport.on_publish_failed = self._publish_failed
             self._transport = transport
@@ -391,35 +400,54 @@ class EventBus:
     # --- receiving ---------------------------------------------------------------------
 
     def _on_message(self, message: Message) -> None:
-        """Transport callback: decode, resolve waiters, queue for dispatch."""
+        """Transport callback: decode, resolve waiters, queue for dispatch.
+
+        A message with an `ack` token is acknowledged here unless it was queued:
+        the dispatcher acknowledges that one once handled (at-least-once).
+        """
+        token = message.ack
+        if token is None:
+            self._receive(message)
+            return
+        queued = False
+        try:
+            queued = self._receive(message)
+        finally:
+            if not queued and self._acker is not None:
+                self._acker.ack(token)
+
+    def _receive(self, message: Message) -> bool:
+        """Decode `message` and queue its event for dispatch; False when not queued
+        (a dead letter, unrouted, a duplicate)."""
         if len(message.payload) > self._max_payload and self._routes.match(message.topic):
             error = f"payload of {len(message.payload)} bytes exceeds {self._max_payload}"
             self._inbound_failure(message, "payload_too_large", error, None)
-            return
+            return False
         try:
             event = decode(message, self._routes, self._inbound_id)
         except InvalidMessage as exc:
             self._inbound_failure(message, exc.reason, str(exc), exc.event)
-            return
+            return False
         except DecodeError as exc:
             topic = message.topic
             if not topic.startswith(PREFIX):
                 self.monitor.unrouted += 1
             elif not topic.startswith(SYSTEM_PREFIXES):  # bookkeeping (status, dead letters)
                 self._inbound_failure(message, exc.reason, str(exc), None)
-            return
+            return False
         sids = message.subscription_ids
         if self._dispatcher.is_group_copy(sids):
             # The broker's copy for a group (shared subscription) of this bus: it is
             # dispatched to that group's handlers only, apart from the plain copy.
             if not self._dispatched.add(event.id + "\x00group"):
-                return
+                return False
         else:
             if not self._dispatched.add(event.id):
-                return
+                return False
             if len(self._waiters):
                 self._waiters.resolve(event)
-        self._dispatcher.enqueue(event, sids)
+        self._dispatcher.enqueue(event, sids, message.ack)
+        return True
 
     # --- failures ----------------------------------------------------------------------
 

@@ -1,6 +1,7 @@
 """Dispatch: received events through middleware and handlers, one at a time, in order.
 
-The transport callback queues decoded events here; one task takes them out.
+The transport callback queues decoded events here; one task takes them out and,
+once an event is handled, acknowledges its message (`Message.ack`) to the transport.
 When `max_queue_size` events wait, the transport is paused (it stops reading the
 socket, so the broker holds the rest) and resumed at half; nothing is dropped.
 """
@@ -50,7 +51,7 @@ class Dispatcher:
         self.post: list[Middleware] = []
         self.handler_stats: list[HandlerStats] = []
         self.group_sids: set[int] = set()
-        self._queue: deque[tuple[Event, tuple[int, ...]]] = deque()
+        self._queue: deque[tuple[Event, tuple[int, ...], object | None]] = deque()
         self._transport: Transport | None = None
         self._paused = False
         self._delivering = False
@@ -79,17 +80,18 @@ class Dispatcher:
                 await task
             except asyncio.CancelledError:
                 pass
-        self._queue.clear()
+        self._queue.clear()  # not acknowledged: a persistent session gets them again
         self._transport = None
 
     def is_group_copy(self, sids: tuple[int, ...]) -> bool:
         """The broker's copy for this bus's shared subscription(s) only."""
         return bool(self.group_sids and sids and self.group_sids.issuperset(sids))
 
-    def enqueue(self, event: Event, sids: tuple[int, ...]) -> None:
-        """Queue a received event (from the transport callback; never blocks)."""
+    def enqueue(self, event: Event, sids: tuple[int, ...], ack: object | None = None) -> None:
+        """Queue a received event (from the transport callback; never blocks); `ack`
+        goes to the transport once it is handled."""
         queue = self._queue
-        queue.append((event, sids))
+        queue.append((event, sids, ack))
         if len(queue) == 1 and self._wakeup is not None:
             self._wakeup.set()
         if len(queue) >= self.max_queue_size and not self._paused and self._transport:
@@ -107,7 +109,7 @@ class Dispatcher:
                 wakeup.clear()
                 await wakeup.wait()
                 continue
-            event, sids = queue.popleft()
+            event, sids, ack = queue.popleft()
             if self._paused and len(queue) <= resume_at and self._transport is not None:
                 self._paused = False
                 self._transport.resume_reading()
@@ -118,6 +120,9 @@ class Dispatcher:
                 log.exception("dispatch of %s failed", event)
             finally:
                 self._delivering = False
+            # Not when cancelled (`stop`): unacknowledged, a persistent session gets it again.
+            if ack is not None and self._transport is not None:
+                self._transport.ack(ack)
 
     async def _deliver(self, event: Event, sids: tuple[int, ...]) -> None:
         perf = time.perf_counter

@@ -33,6 +33,10 @@ class Message:
     validated: bool = False
     """Set by `codec.encode` and kept only in-process (never on the wire): the
     payload already passed its model's validation in this process."""
+    ack: object | None = None
+    """In-process only: for a received QoS 1 message whose receiver asked to
+    acknowledge it itself (``connect(..., defer_acks=True)``), the token to pass to
+    `Transport.ack` once done with it."""
 
 
 MessageCallback = Callable[[Message], None]
@@ -43,8 +47,15 @@ class Transport(Protocol):
 
     url: str
 
-    async def connect(self, on_message: MessageCallback) -> None:
-        """Connect; every inbound message is passed to `on_message`."""
+    async def connect(self, on_message: MessageCallback, *, defer_acks: bool = False) -> None:
+        """Connect; every inbound message is passed to `on_message`.
+
+        With `defer_acks`, a received QoS 1 message carrying an `ack` token is
+        acknowledged only when the receiver passes that token to `ack`.
+        """
+
+    def ack(self, token: object) -> None:
+        """Acknowledge a received message by its `Message.ack` token (once)."""
 
     async def close(self) -> None:
         """Disconnect cleanly (idempotent)."""

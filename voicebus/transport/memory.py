@@ -85,10 +85,13 @@ class MemoryTransport:
         self._resumed = asyncio.Event()
         self._resumed.set()
 
-    async def connect(self, on_message: MessageCallback) -> None:
+    async def connect(self, on_message: MessageCallback, *, defer_acks: bool = False) -> None:
         self._on_message = on_message
         if self not in self._broker.clients:
             self._broker.clients.append(self)
+
+    def ack(self, token: object) -> None:
+        """Nothing to acknowledge in-process (messages carry no token)."""
 
     async def close(self) -> None:
         if self in self._broker.clients:

@@ -29,7 +29,7 @@ import logging
 import ssl
 from collections import deque
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, cast
 
 import aiomqtt
 import paho.mqtt.client as paho_mqtt
@@ -54,6 +54,7 @@ from .base import Message, MessageCallback
 from .mqtt_errors import BROKER_HINT, connect_error, publish_error, subscribe_error
 from .mqtt_link import (
     LinkLost,
+    PendingAck,
     enter,
     give_up,
     install,
@@ -88,6 +89,7 @@ class MqttTransport:
         self._client: aiomqtt.Client | None = None
         self._paho: paho_mqtt.Client | None = None
         self._on_message: MessageCallback | None = None
+        self._defer_acks = False
         self._outbox = Outbox(self.url, options.outbox_size, options.resend_window)
         self._inflight = self._outbox.inflight  # the hot paths' shortcut
         self._online = False
@@ -122,9 +124,15 @@ class MqttTransport:
             self._tls = tls_context(self._url, self.options)
         return self._tls
 
-    async def connect(self, on_message: MessageCallback) -> None:
-        """Connect once (typed errors, no retry); reconnect on later losses."""
+    async def connect(self, on_message: MessageCallback, *, defer_acks: bool = False) -> None:
+        """Connect once (typed errors, no retry); reconnect on later losses.
+
+        With `defer_acks`, a received QoS 1 message is acknowledged when its
+        `Message.ack` token comes back through `ack` (PUBACKs in receive order;
+        none for a connection that is gone: the broker resends those messages).
+        """
         self._on_message = on_message
+        self._defer_acks = defer_acks
         self._closing = False
         self._failed = None
         client = await self._open()
@@ -149,7 +157,14 @@ class MqttTransport:
         deliver = self._on_message
         assert deliver is not None  # set by `connect`
         client = new_client(self._url, self.options, self._tls_context())
-        install(client, self._inflight, deliver, self._filters.is_copy, self._connack)
+        acks = install(
+            client,
+            self._inflight,
+            deliver,
+            self._filters.is_copy,
+            self._connack,
+            defer_acks=self._defer_acks,
+        )
         try:
             await enter(client)
         except aiomqtt.MqttError as exc:
@@ -161,6 +176,7 @@ class MqttTransport:
             self._payload_limit = min(
                 self._payload_limit, self._broker_max_packet - _PACKET_OVERHEAD
             )
+        client._disconnected.add_done_callback(lambda _: acks.close())
         client._disconnected.add_done_callback(lambda fut: self._lost(client, fut))
         return client
 
@@ -412,6 +428,11 @@ class MqttTransport:
             await client.__aexit__(None, None, None)
         except aiomqtt.MqttError as exc:
             log.debug("disconnect from %s: %s", self.url, exc)
+
+    def ack(self, token: object) -> None:
+        """Acknowledge a received QoS 1 message (``connect(..., defer_acks=True)``)."""
+        pending = cast(PendingAck, token)
+        pending.acks.release(pending)
 
     # --- publish / subscribe -----------------------------------------------------
 

@@ -5,7 +5,8 @@ keepalive, disconnect). On its paho client we take over:
 
 - received PUBLISH packets (QoS 0 and 1): decoded here (properties by
   `properties.py`), the 2nd.. copy of an overlap dropped (`is_copy`), handed to
-  `deliver` without a task per message, the PUBACK sent right after;
+  `deliver` without a task per message; the PUBACK is sent right after, or, when
+  acks are deferred, once the receiver is done (`Acks`, in receive order);
 - PUBACKs: they complete the futures the transport registered in flight;
 - connecting: a link that breaks before CONNACK fails at once (`enter`);
 - reading again after `stop_reading`: `start_reading`, like aiomqtt's own reader.
@@ -20,8 +21,9 @@ import asyncio
 import logging
 import socket
 import ssl
+from collections import deque
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import aiomqtt
 import paho.mqtt.client as paho_mqtt
@@ -86,21 +88,78 @@ def new_client(url: BusURL, options: MqttOptions, tls: ssl.SSLContext | None) ->
     )
 
 
+class PendingAck:
+    """The PUBACK due for one received QoS 1 PUBLISH (a `Message.ack` token)."""
+
+    __slots__ = ("acks", "done", "mid")
+
+    def __init__(self, acks: Acks, mid: int) -> None:
+        self.acks = acks
+        self.mid = mid
+        self.done = False
+
+
+class Acks:
+    """The PUBACKs due on one connection, sent in the order their PUBLISH packets
+    came (MQTT 5 §4.6): one released behind one not yet released waits for it.
+
+    `close` (the link dropped) discards them: packet ids belong to that connection,
+    and a persistent session's broker sends the unacknowledged messages again.
+    """
+
+    __slots__ = ("_paho", "_pending")
+
+    def __init__(self, paho: paho_mqtt.Client) -> None:
+        self._paho: paho_mqtt.Client | None = paho
+        self._pending: deque[PendingAck] = deque()
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def expect(self, mid: int) -> PendingAck:
+        """A token for the PUBACK of packet `mid`, just received."""
+        token = PendingAck(self, mid)
+        self._pending.append(token)
+        return token
+
+    def release(self, token: PendingAck) -> None:
+        """`token`'s message is done with: send every PUBACK now due (idempotent)."""
+        if token.done:
+            return
+        token.done = True
+        pending = self._pending
+        paho = self._paho
+        while pending and pending[0].done:
+            mid = pending.popleft().mid
+            if paho is not None:
+                paho._send_puback(mid)
+
+    def close(self) -> None:
+        """The link is gone: send nothing more."""
+        self._paho = None
+        self._pending.clear()
+
+
 def install(
     client: aiomqtt.Client,
     inflight: dict[int, tuple[Message, asyncio.Future[int]]],
     deliver: MessageCallback,
     is_copy: Callable[[Message], bool],
     connack: Connack,
-) -> None:
+    *,
+    defer_acks: bool = False,
+) -> Acks:
     """Take over aiomqtt's hot paths on a new client (before it connects, so a
     persistent session's queued messages already take our path).
 
     PUBACKs complete the futures in `inflight` (by packet id) with their reason
     code; QoS 0/1 messages go to `deliver` unless `is_copy`; CONNACK details to
-    `connack`.
+    `connack`. Received QoS 1 messages are acknowledged after `deliver` returns,
+    or with `defer_acks` when their `Message.ack` token is released on the
+    returned `Acks` (at once for a copy, a malformed one or a failing `deliver`).
     """
     paho = client._client
+    acks = Acks(paho)
     aiomqtt_on_publish: Any = paho.on_publish
     aiomqtt_on_connect: Any = paho.on_connect
 
@@ -124,11 +183,15 @@ def install(
 
     def safe_deliver(message: Message) -> None:
         if not message.retain and is_copy(message):
+            if message.ack is not None:
+                acks.release(cast(PendingAck, message.ack))
             return
         try:
             deliver(message)
         except Exception:  # a failing receiver must not cost the PUBACK or the link
             log.exception("receiving %s failed", message.topic)
+            if message.ack is not None:
+                acks.release(cast(PendingAck, message.ack))
 
     def on_message(c: paho_mqtt.Client, userdata: Any, pm: paho_mqtt.MQTTMessage) -> None:
         """QoS 2 messages (rare; paho runs their handshake) take paho's path."""
@@ -159,17 +222,25 @@ def install(
             return original_handle_publish()
         data = packet["packet"]
         message = _parse_publish(data, header, qos)
-        if message is not None:
-            safe_deliver(message)
         if qos == 1:
             pos = 2 + int.from_bytes(data[0:2], "big")
-            return paho._send_puback(int.from_bytes(data[pos : pos + 2], "big"))
+            token = acks.expect(int.from_bytes(data[pos : pos + 2], "big"))
+            if message is not None:
+                if defer_acks:
+                    message.ack = token
+                    safe_deliver(message)
+                    return MQTTErrorCode.MQTT_ERR_SUCCESS
+                safe_deliver(message)
+            acks.release(token)
+        elif message is not None:
+            safe_deliver(message)
         return MQTTErrorCode.MQTT_ERR_SUCCESS
 
     paho.on_connect = on_connect
     paho.on_publish = on_publish
     paho.on_message = on_message
     paho._handle_publish = handle_publish  # type: ignore[method-assign]
+    return acks
 
 
 def _parse_publish(data: bytearray, header: int, qos: int) -> Message | None:

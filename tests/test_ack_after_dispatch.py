@@ -1,0 +1,270 @@
+"""QoS 1 messages are acknowledged (PUBACK) once dispatched, in receive order.
+
+A subscriber that dies between receiving an event and handling it gets the event
+again from its persistent session; PUBACKs go out in the order the PUBLISH
+packets came, and never on a connection other than the one they belong to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import sys
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as paho_mqtt
+import pytest
+
+from tests.broker import Mosquitto
+from tests.helpers import Collector
+from voicebus import Event, EventBus, EventType
+from voicebus.codec import encode
+from voicebus.routes import ROUTES
+from voicebus.transport import Message
+from voicebus.transport.mqtt import MqttTransport
+from voicebus.transport.mqtt_link import Acks, PendingAck
+
+SUBSCRIBER = """
+import asyncio, sys
+from voicebus import EventBus, EventType
+
+async def main(url, client_id, block_at):
+    bus = EventBus(url, client_id=client_id, session_expiry=3600)
+
+    async def handler(event):
+        text = event.data["text"]
+        print("start", text, flush=True)
+        if text == block_at:
+            await asyncio.Event().wait()
+        print("done", text, flush=True)
+
+    bus.subscribe(EventType.SPEECH_DETECTED, handler)
+    await bus.start()
+    await bus._settle()
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+
+async def _until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError
+        await asyncio.sleep(0.01)
+
+
+async def _line(proc: asyncio.subprocess.Process, expected: str, timeout: float = 10.0) -> None:
+    """Read the subscriber's output up to the line `expected`."""
+    assert proc.stdout is not None
+    while True:
+        line = await asyncio.wait_for(proc.stdout.readline(), timeout)
+        if not line:
+            raise AssertionError(f"subscriber exited before printing {expected!r}")
+        if line.decode().strip() == expected:
+            return
+
+
+async def test_events_whose_handlers_had_not_finished_come_back_after_a_crash(
+    mosquitto: Mosquitto,
+) -> None:
+    """A persistent subscriber is SIGKILLed while its handler is stuck on e2 (e3..e5
+    received, queued): a new process with its client id gets e2..e5, not e0, e1."""
+    url = mosquitto.url()
+    client_id = f"crash-{uuid.uuid4().hex[:8]}"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", SUBSCRIBER, url, client_id, "e2", stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        await _line(proc, "ready")
+        async with EventBus(url) as pub:
+            for i in range(6):
+                await pub.emit(EventType.SPEECH_DETECTED, {"text": f"e{i}"})
+        await _line(proc, "start e2")
+        await asyncio.sleep(0.3)  # e3..e5 reach the subscriber's queue
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+
+    got = Collector()
+    back = EventBus(url, client_id=client_id, session_expiry=3600)
+    back.subscribe(EventType.SPEECH_DETECTED, got)
+    async with back:
+        try:
+            await got.wait(4, timeout=5)
+        except TimeoutError:
+            pass
+        await got.settle(0.2)
+    assert [e.data["text"] for e in got.events] == ["e2", "e3", "e4", "e5"]
+
+
+@pytest.fixture
+def pubacks(monkeypatch: pytest.MonkeyPatch) -> list[tuple[paho_mqtt.Client, int]]:
+    """Every PUBACK sent in this process: (paho client, packet id)."""
+    sent: list[tuple[paho_mqtt.Client, int]] = []
+    original = paho_mqtt.Client._send_puback
+
+    def record(self: paho_mqtt.Client, mid: int) -> Any:
+        sent.append((self, mid))
+        return original(self, mid)
+
+    monkeypatch.setattr(paho_mqtt.Client, "_send_puback", record)
+    return sent
+
+
+def _spy(bus: EventBus) -> list[PendingAck]:
+    """The ack tokens of the messages `bus` receives, in receive order."""
+    tokens: list[PendingAck] = []
+    on_message = bus._on_message
+
+    def spy(message: Message) -> None:
+        assert isinstance(message.ack, PendingAck)
+        tokens.append(message.ack)
+        on_message(message)
+
+    bus._on_message = spy  # type: ignore[method-assign]
+    return tokens
+
+
+def _blocking(release: asyncio.Event, handled: list[str]) -> Callable[[Event], Any]:
+    async def handler(event: Event) -> None:
+        handled.append(event.data["text"])
+        if event.data["text"] == "slow":
+            await release.wait()
+
+    return handler
+
+
+async def test_pubacks_wait_for_an_earlier_message_still_in_its_handler(
+    mosquitto: Mosquitto, pubacks: list[tuple[paho_mqtt.Client, int]]
+) -> None:
+    """slow (in its handler), its duplicate and an invalid one (both dropped at
+    once): no PUBACK until slow is handled, then all three in receive order."""
+    url = mosquitto.url()
+    release = asyncio.Event()
+    handled: list[str] = []
+    bus = EventBus(url, client_id=f"order-{uuid.uuid4().hex[:8]}", session_expiry=60)
+    bus.subscribe(EventType.SPEECH_DETECTED, _blocking(release, handled))
+    tokens = _spy(bus)
+    async with bus, EventBus(url) as pub:
+        await bus._settle()
+        slow = await pub.emit(EventType.SPEECH_DETECTED, {"text": "slow"})
+        _, again = encode(
+            ROUTES.get(EventType.SPEECH_DETECTED),
+            {"text": "slow"},
+            event_id=slow.id,
+            source=slow.source,
+            correlation_id=None,
+            metadata=None,
+        )
+        await pub.publish_message(again)
+        await pub.publish_message(Message(slow.topic, b"{not json", 1, False))
+        await _until(lambda: len(tokens) == 3 and bool(bus.get_dead_letter_queue()))
+        await asyncio.sleep(0.1)
+        assert handled == ["slow"]
+        assert [t.done for t in tokens] == [False, True, True]
+        assert pubacks == []  # the two dropped ones wait behind slow
+
+        release.set()
+        await _until(lambda: len(pubacks) == 3)
+        paho = bus._transport._paho  # type: ignore[union-attr]
+        assert pubacks == [(paho, t.mid) for t in tokens]
+
+        await pub.emit(EventType.SPEECH_DETECTED, {"text": "next"})
+        await _until(lambda: len(pubacks) == 4)
+        assert pubacks[3] == (paho, tokens[3].mid)
+    assert handled == ["slow", "next"]
+
+
+async def test_acks_of_a_lost_connection_are_not_sent_on_the_next(
+    mosquitto: Mosquitto, pubacks: list[tuple[paho_mqtt.Client, int]]
+) -> None:
+    """The link drops while slow is in its handler: the broker resends slow on the
+    new connection, where the bus acknowledges it at once as a duplicate; the old
+    connection's PUBACK is dropped; slow is handled once and not sent again."""
+    url = mosquitto.url()
+    client_id = f"relink-{uuid.uuid4().hex[:8]}"
+    options: dict[str, Any] = {"session_expiry": 3600, "reconnect_delay": 0.05}
+    release = asyncio.Event()
+    handled: list[str] = []
+    bus = EventBus(url, client_id=client_id, **options)
+    bus.subscribe(EventType.SPEECH_DETECTED, _blocking(release, handled))
+    tokens = _spy(bus)
+    async with bus, EventBus(url) as pub:
+        await bus._settle()
+        await pub.emit(EventType.SPEECH_DETECTED, {"text": "slow"})
+        await _until(lambda: handled == ["slow"])
+        transport = bus._transport
+        assert isinstance(transport, MqttTransport)
+        old = transport._paho
+        assert old is not None
+        sock = old.socket()
+        assert sock is not None
+        sock.shutdown(socket.SHUT_RDWR)  # type: ignore[union-attr]
+        # slow is resent on the new connection (maybe read with its CONNACK)
+        await _until(lambda: len(tokens) == 2 and transport._paho is not None)
+        new = transport._paho
+        assert new is not None and new is not old
+        assert tokens[1].mid == tokens[0].mid and tokens[1].done
+        await _until(lambda: len(pubacks) == 1)
+        assert pubacks == [(new, tokens[1].mid)]
+
+        release.set()
+        await asyncio.sleep(0.2)
+        assert pubacks == [(new, tokens[1].mid)]  # none for the old connection
+        assert handled == ["slow"]
+
+    got = Collector()
+    back = EventBus(url, client_id=client_id, **options)
+    back.subscribe(EventType.SPEECH_DETECTED, got)
+    async with back:
+        assert await got.settle(0.3) == []
+
+
+class _FakePaho:
+    def __init__(self) -> None:
+        self.sent: list[int] = []
+
+    def _send_puback(self, mid: int) -> None:
+        self.sent.append(mid)
+
+
+def test_acks_release_in_receive_order_and_stop_when_closed() -> None:
+    paho = _FakePaho()
+    acks = Acks(paho)  # type: ignore[arg-type]
+    a, b, c = (acks.expect(mid) for mid in (7, 8, 9))
+    acks.release(c)
+    acks.release(b)
+    assert paho.sent == []
+    acks.release(a)
+    acks.release(a)  # once only
+    assert paho.sent == [7, 8, 9] and len(acks) == 0
+    d = acks.expect(10)
+    acks.close()
+    acks.release(d)
+    assert paho.sent == [7, 8, 9]
+
+
+async def test_without_a_persistent_session_acks_go_out_at_once(
+    mosquitto: Mosquitto, pubacks: list[tuple[paho_mqtt.Client, int]]
+) -> None:
+    """No session to redeliver from: holding the PUBACK would only shrink the
+    broker's in-flight window, so it is sent on receipt, handler still running."""
+    url = mosquitto.url()
+    release = asyncio.Event()
+    handled: list[str] = []
+    bus = EventBus(url)
+    bus.subscribe(EventType.SPEECH_DETECTED, _blocking(release, handled))
+    async with bus, EventBus(url) as pub:
+        await bus._settle()
+        await pub.emit(EventType.SPEECH_DETECTED, {"text": "slow"})
+        await _until(lambda: handled == ["slow"])
+        receiver = bus._transport._paho  # type: ignore[union-attr]
+        await _until(lambda: any(client is receiver for client, _ in pubacks))
+        release.set()
