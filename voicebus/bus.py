@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Awaitable, Coroutine, Mapping
 from dataclasses import fields
 from enum import Enum
-from typing import Any, ClassVar
+from typing import Any
 
 from . import failures
 from .broker_filters import BrokerFilters
@@ -56,8 +56,6 @@ class EventBus:
             ``reconnect_delay``, ``reconnect_max_delay``, ``reconnect_jitter``,
             ``outbox_size``, ``resend_window``; ``status``): see `MqttOptions`.
     """
-
-    _instance: ClassVar[EventBus | None] = None
 
     def __init__(
         self,
@@ -521,4 +519,5 @@ class EventBus:
         return self.monitor.get_dead_letters(limit)
 
     def clear_dead_letter_queue(self) -> None:
+        """Forget the in-memory dead letters (the broker's copies stay: see `deadletters`)."""
         self.monitor.dead_letters.clear()

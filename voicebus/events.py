@@ -49,11 +49,6 @@ class EventType(str, Enum):
         return self.value
 
 
-EventKind = Enum
-"""Any enum member with a string value names an event kind; `EventType` is ours,
-users may register their own enums in the route table."""
-
-
 @dataclass(slots=True, eq=False)
 class Event:
     """One event: its kind, its payload (wire keys) and its envelope.

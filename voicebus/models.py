@@ -21,7 +21,6 @@ class Payload(BaseModel):
         extra="allow",
         populate_by_name=True,
         alias_generator=to_camel,
-        validate_assignment=False,
     )
 
     site_id: str = "default"

@@ -1,0 +1,31 @@
+"""The public API is what `voicebus.__all__` says, and the names issues rely on are in it."""
+
+import voicebus
+
+
+def test_all_exports_exist_once() -> None:
+    for name in voicebus.__all__:
+        assert hasattr(voicebus, name), name
+    assert len(set(voicebus.__all__)) == len(voicebus.__all__)
+
+
+def test_names_other_parts_depend_on() -> None:
+    for name in (
+        "EventBus",
+        "EventType",
+        "Event",
+        "VoicebusError",
+        "topic_for",
+        "emit_event",
+        "subscribe_to_events",
+        "register_route",
+        "PayloadValidationError",
+        "AuthenticationError",
+        "TLSError",
+        "NotAuthorizedError",
+        "BackpressureError",
+        "PayloadTooLargeError",
+    ):
+        assert name in voicebus.__all__, name
+    assert issubclass(voicebus.PayloadValidationError, voicebus.VoicebusError)
+    assert issubclass(voicebus.TransportError, voicebus.VoicebusError)
