@@ -13,6 +13,7 @@ import socket
 import sys
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho_mqtt
@@ -268,3 +269,29 @@ async def test_without_a_persistent_session_acks_go_out_at_once(
         receiver = bus._transport._paho  # type: ignore[union-attr]
         await _until(lambda: any(client is receiver for client, _ in pubacks))
         release.set()
+
+
+async def test_a_handler_awaiting_a_reply_behind_a_full_queue_gets_it(tmp_path: Path) -> None:
+    """Mosquitto's default in-flight window (20): held PUBACKs are capped
+    (`max_unacked`), so the reply behind 30 queued events still comes through."""
+    with Mosquitto(tmp_path / "b", extra="max_inflight_messages 20") as broker:
+        url = broker.url()
+        sub = EventBus(url, client_id=f"sub-{uuid.uuid4().hex[:6]}", session_expiry=60)
+        got: list[Event | None] = []
+        first = asyncio.Event()
+
+        async def handler(event: Event) -> None:
+            if event.data["text"] == "first":
+                first.set()
+                got.append(await sub.wait_for(EventType.MODEL_LOADED, timeout=5))
+
+        sub.subscribe(EventType.SPEECH_DETECTED, handler)
+        async with sub, EventBus(url) as pub:
+            await sub._settle()
+            await pub.emit(EventType.SPEECH_DETECTED, {"text": "first"})
+            await asyncio.wait_for(first.wait(), 5)
+            for i in range(30):
+                await pub.emit(EventType.SPEECH_DETECTED, {"text": f"n{i}"})
+            await pub.emit(EventType.MODEL_LOADED, {"model": "m"})
+            await _until(lambda: bool(got), timeout=8)
+        assert got[0] is not None and got[0].data["model"] == "m"

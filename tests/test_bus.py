@@ -356,3 +356,22 @@ async def test_request_with_invalid_payload_leaves_no_pending_wait(bus: EventBus
     with pytest.raises(PayloadValidationError):
         await bus.request(EventType.SPEECH_DETECTED, {}, EventType.RESPONSE_GENERATED, 1)
     assert bus.get_stats()["pending_waits"] == 0
+
+
+async def test_handlers_may_emit_while_stop_drains(bus_url: str) -> None:
+    bus = EventBus(bus_url)
+    replies = Collector()
+
+    async def answer(event: Event) -> None:
+        await asyncio.sleep(0.05)  # still running when stop() begins
+        await bus.emit(EventType.RESPONSE_GENERATED, {"response": "late"})
+
+    bus.subscribe(EventType.RESPONSE_GENERATING, answer)
+    bus.subscribe(EventType.RESPONSE_GENERATED, replies)
+    await bus.start()
+    await bus.emit(EventType.RESPONSE_GENERATING, {"prompt": "p"})
+    await asyncio.sleep(0.01)
+    await bus.stop()
+    assert not bus.is_running
+    assert bus._transport is None
+    assert [e.data["response"] for e in replies.events] == ["late"]

@@ -104,6 +104,7 @@ class EventBus:
         self._acker: Transport | None = None
         """The transport that acknowledges received messages (`Message.ack`)."""
         self._running = False
+        self._stopping = False
         self._start_lock: asyncio.Lock | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -175,13 +176,19 @@ class EventBus:
         from .singleton import forget
 
         forget(self)
-        if not self._running:
+        if not self._running or self._stopping:
             return
-        self._running = False
-        deadline = time.monotonic() + drain_timeout
-        while (self._dispatcher.busy or self._tasks) and time.monotonic() < deadline:
-            await asyncio.sleep(0.001)
-        await self._shutdown()
+        # Still running while draining: handlers may emit (and a late emit must not
+        # start a second transport); then stopped.
+        self._stopping = True
+        try:
+            deadline = time.monotonic() + drain_timeout
+            while (self._dispatcher.busy or self._tasks) and time.monotonic() < deadline:
+                await asyncio.sleep(0.001)
+            self._running = False
+            await self._shutdown()
+        finally:
+            self._stopping = False
 
     async def _shutdown(self) -> None:
         for task in list(self._tasks):

@@ -164,6 +164,7 @@ class MqttTransport:
             self._filters.is_copy,
             self._connack,
             defer_acks=self._defer_acks,
+            max_unacked=self.options.max_unacked,
         )
         try:
             await enter(client)

@@ -107,11 +107,12 @@ class Acks:
     and a persistent session's broker sends the unacknowledged messages again.
     """
 
-    __slots__ = ("_paho", "_pending")
+    __slots__ = ("_limit", "_paho", "_pending")
 
-    def __init__(self, paho: paho_mqtt.Client) -> None:
+    def __init__(self, paho: paho_mqtt.Client, limit: int = 10) -> None:
         self._paho: paho_mqtt.Client | None = paho
         self._pending: deque[PendingAck] = deque()
+        self._limit = max(1, limit)
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -120,6 +121,8 @@ class Acks:
         """A token for the PUBACK of packet `mid`, just received."""
         token = PendingAck(self, mid)
         self._pending.append(token)
+        if len(self._pending) > self._limit:  # keep the broker's window open for replies
+            self.release(self._pending[0])
         return token
 
     def release(self, token: PendingAck) -> None:
@@ -148,6 +151,7 @@ def install(
     connack: Connack,
     *,
     defer_acks: bool = False,
+    max_unacked: int = 10,
 ) -> Acks:
     """Take over aiomqtt's hot paths on a new client (before it connects, so a
     persistent session's queued messages already take our path).
@@ -159,7 +163,7 @@ def install(
     returned `Acks` (at once for a copy, a malformed one or a failing `deliver`).
     """
     paho = client._client
-    acks = Acks(paho)
+    acks = Acks(paho, max_unacked)
     aiomqtt_on_publish: Any = paho.on_publish
     aiomqtt_on_connect: Any = paho.on_connect
 

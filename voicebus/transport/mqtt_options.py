@@ -28,6 +28,11 @@ class MqttOptions:
     (QoS 1 is at-least-once). See mosquitto/README.md.
     ``status`` publishes the retained online/offline status and Last Will (ignored
     when `will` is given).
+    ``max_unacked``: with a persistent session, at most this many received QoS 1
+    messages wait for their PUBACK until their handlers ran; beyond it the oldest
+    is acknowledged at once. It must stay below the broker's in-flight window
+    (Mosquitto's ``max_inflight_messages``, 20 by default), or a handler awaiting
+    a reply behind a full queue would wait for a message the broker holds back.
     """
 
     client_id: str
@@ -50,6 +55,7 @@ class MqttOptions:
     outbox_size: int = 10_000
     resend_window: float = 0.0
     status: bool = True
+    max_unacked: int = 10
 
     @classmethod
     def from_url(cls, url: BusURL, **options: Any) -> MqttOptions:
