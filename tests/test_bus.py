@@ -375,3 +375,13 @@ async def test_handlers_may_emit_while_stop_drains(bus_url: str) -> None:
     assert not bus.is_running
     assert bus._transport is None
     assert [e.data["response"] for e in replies.events] == ["late"]
+
+
+async def test_handler_stats_stay_one_entry_per_handler_for_repeated_once(bus: EventBus) -> None:
+    got = Collector("one_shot")
+    for i in range(3):
+        bus.once(EventType.HEALTH_CHECK, got)
+        await bus.emit(EventType.HEALTH_CHECK, {"status": str(i)})
+        await got.wait(i + 1)
+    (entry,) = [h for h in bus.get_stats()["handler_stats"] if h["handler"] == "one_shot"]
+    assert entry["call_count"] == 3

@@ -302,3 +302,21 @@ async def test_without_reconnect_a_clean_close_by_the_broker_says_so(
     assert "None" not in str(caught.value)
     assert "the broker closed the connection" in str(caught.value)
     await transport.close()
+
+
+def test_a_message_acknowledged_in_the_same_read_as_the_loss_is_not_requeued() -> None:
+    from voicebus.transport.base import Message
+    from voicebus.transport.outbox import REQUEUED, Outbox
+
+    loop = asyncio.new_event_loop()
+    try:
+        outbox = Outbox("mqtt://test", 10, 0.0)
+        acked: asyncio.Future[int] = loop.create_future()
+        waiting: asyncio.Future[int] = loop.create_future()
+        outbox.inflight[1] = (Message("a", b"{}"), acked)
+        outbox.inflight[2] = (Message("b", b"{}"), waiting)
+        acked.set_result(0)  # PUBACK read; its done-callback has not run yet
+        assert [m.topic for m in outbox.release()] == ["b"]
+        assert waiting.result() == REQUEUED
+    finally:
+        loop.close()

@@ -30,7 +30,7 @@ from .monitor import Monitor, SeenIds
 from .routes import PREFIX, ROUTES, SYSTEM_PREFIXES, RouteTable
 from .subscriptions import EventFilter, Handler, Subscription, SubscriptionRegistry
 from .transport import Message, Transport, open_transport, parse_url, resolve_url
-from .transport.mqtt import MqttOptions
+from .transport.mqtt_options import MqttOptions
 from .waiters import Waiter, Waiters
 
 log = logging.getLogger("voicebus")
@@ -465,6 +465,9 @@ class EventBus:
 
     def _publish_failed(self, message: Message, exc: Exception) -> None:
         """The broker refused a message sent from the outbox after a reconnect."""
+        if message.topic.startswith(SYSTEM_PREFIXES):  # a refused dead letter or status:
+            log.warning("%s refused %s: %s", self.url, message.topic, exc)  # no new one
+            return
         self._inbound_failure(message, "publish_refused", str(exc), None)
 
     def _inbound_failure(

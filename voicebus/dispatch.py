@@ -49,7 +49,7 @@ class Dispatcher:
         self.max_queue_size = max_queue_size
         self.pre: list[Middleware] = []
         self.post: list[Middleware] = []
-        self.handler_stats: list[HandlerStats] = []
+        self._handler_stats: dict[tuple[str, str], HandlerStats] = {}
         self.group_sids: set[int] = set()
         self._queue: deque[tuple[Event, tuple[int, ...], object | None]] = deque()
         self._transport: Transport | None = None
@@ -178,10 +178,17 @@ class Dispatcher:
             self._report(event, handler_name(middleware), exc, "bus")
             return None
 
+    @property
+    def handler_stats(self) -> list[HandlerStats]:
+        """One entry per handler and event type (or filter), however often subscribed."""
+        return list(self._handler_stats.values())
+
     def _stats_for(self, sub: Subscription) -> HandlerStats:
         stats = sub.stats
         if stats is None:
-            label = sub.event_type.value if sub.event_type is not None else sub.topic_filter
-            stats = sub.stats = HandlerStats(sub.name, str(label))
-            self.handler_stats.append(stats)
+            label = str(sub.event_type.value if sub.event_type is not None else sub.topic_filter)
+            stats = self._handler_stats.get((sub.name, label))
+            if stats is None:
+                stats = self._handler_stats[sub.name, label] = HandlerStats(sub.name, label)
+            sub.stats = stats
         return stats

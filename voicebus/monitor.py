@@ -53,9 +53,6 @@ class SeenIds:
             ids.discard(order.popleft())
         return True
 
-    def __contains__(self, event_id: object) -> bool:
-        return event_id in self._ids
-
 
 class Monitor:
     """Metrics (`get_stats` shape of the seed), history and the dead-letter queue."""
@@ -70,8 +67,6 @@ class Monitor:
         self.processing_time = 0.0
         self.processed = 0
         self.unrouted = 0
-        self.dead_letter_count = 0
-        self.handlers: dict[int, HandlerStats] = {}
         self.started_at = time.time()
 
     def record(self, event: Event) -> None:
@@ -82,15 +77,8 @@ class Monitor:
         if self.enable_history:
             self.history.append(event)
 
-    def handler(self, key: int, name: str, event: Event) -> HandlerStats:
-        stats = self.handlers.get(key)
-        if stats is None:
-            stats = self.handlers[key] = HandlerStats(name, event.type.value)
-        return stats
-
     def dead_letter(self, record: dict[str, Any]) -> None:
         self.total_errors += 1
-        self.dead_letter_count += 1
         self.dead_letters.append(record)
 
     def get_history(self, event_type: Enum | None = None, limit: int = 100) -> list[Event]:
@@ -110,11 +98,10 @@ class Monitor:
                 "avg_processing_time": self.processing_time / processed if processed else 0.0,
                 "events_by_type": dict(self.events_by_type),
                 "dispatched_events": processed,
-                "dead_letters": self.dead_letter_count,
+                "dead_letters": self.total_errors,
                 "unrouted_messages": self.unrouted,
                 "uptime": time.time() - self.started_at,
             },
-            "handler_stats": [h.as_dict() for h in self.handlers.values()],
             "history_size": len(self.history),
             "dead_letter_queue_size": len(self.dead_letters),
         }

@@ -7,7 +7,7 @@ published contract in ``topics/`` are all derived from it.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
@@ -40,7 +40,6 @@ class Route:
     retain: bool = False
     hermes: str | None = None
     description: str = ""
-    defaults: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def filter(self) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Mapping
 from enum import Enum
 from typing import TYPE_CHECKING, Any
@@ -66,5 +67,12 @@ def subscribe_to_events(
         return sub
     if not bus.is_running:
         task = loop.create_task(bus.start())
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        task.add_done_callback(_log_start_failure)
     return sub
+
+
+def _log_start_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logging.getLogger("voicebus").error(
+            "the bus could not start for subscribe_to_events: %s", task.exception()
+        )

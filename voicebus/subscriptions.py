@@ -76,9 +76,6 @@ class SubscriptionRegistry:
     def __len__(self) -> int:
         return len(self._subs)
 
-    def __iter__(self) -> Any:
-        return iter(list(self._subs))
-
     def add(self, sub: Subscription) -> bool:
         """Add `sub`; True when its broker filter is new (needs SUBSCRIBE)."""
         check_filter(sub.topic_filter)

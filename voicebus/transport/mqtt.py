@@ -547,7 +547,7 @@ class MqttTransport:
         for code in codes:
             error = subscribe_error(self.url, topic_filter, code)
             if error is not None:
-                self._filters.ids.pop(topic_filter, None)
+                self._filters.remove(topic_filter)
                 raise error
 
     async def unsubscribe(self, topic_filter: str) -> None:

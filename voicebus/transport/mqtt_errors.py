@@ -25,6 +25,7 @@ BROKER_HINT = "is Mosquitto running? start one with: mosquitto -c mosquitto/mosq
 _AUTH_CODES = {4, 5, 134, 135, 140}
 """CONNACK reason codes that mean bad credentials or not authorized (MQTT 3 and 5)."""
 _NOT_AUTHORIZED = 0x87
+_TOPIC_FILTER_INVALID = 0x8F
 
 
 def connect_error(url: str, exc: aiomqtt.MqttError) -> TransportError:
@@ -62,4 +63,6 @@ def subscribe_error(url: str, topic_filter: str, code: Any) -> VoicebusError | N
         return None
     if value == _NOT_AUTHORIZED:
         return NotAuthorizedError(f"{url} refused subscription {topic_filter!r}")
-    return TopicError(f"{url} refused subscription {topic_filter!r} ({code})")
+    if value == _TOPIC_FILTER_INVALID:
+        return TopicError(f"{url} refused subscription {topic_filter!r} ({code})")
+    return TransportError(f"{url} refused subscription {topic_filter!r} ({code})")

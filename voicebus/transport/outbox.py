@@ -72,13 +72,16 @@ class Outbox:
 
     def release(self) -> list[Message]:
         """The link dropped: wake every PUBACK waiter with `REQUEUED`; the messages
-        that were in flight."""
+        still waiting for their PUBACK (one answered in the same read as the loss is
+        not sent twice)."""
         inflight = list(self.inflight.values())
         self.inflight.clear()
-        for _, pending in inflight:
-            if not pending.done():
+        unacknowledged = []
+        for message, pending in inflight:
+            if not pending.done():  # done: the broker answered (its callback still due)
                 pending.set_result(REQUEUED)
-        return [message for message, _ in inflight]
+                unacknowledged.append(message)
+        return unacknowledged
 
     def requeue(self, unacknowledged: list[Message]) -> None:
         """Put the recently acknowledged messages, then `unacknowledged`, back at the
