@@ -339,8 +339,10 @@ def test_status_lists_services_from_the_status_topics(mosquitto: Mosquitto) -> N
 def test_cli_commands_leave_no_retained_status(mosquitto: Mosquitto) -> None:
     """A one-shot command is no service: nothing of it stays in `voicebus status`."""
     before = voicebus("status", "--json", url=mosquitto.url())
-    voicebus("publish", "health_check", url=mosquitto.url())
+    published = voicebus("publish", "health_check", url=mosquitto.url())
     after = voicebus("status", "--json", url=mosquitto.url())
+    for result in (before, published, after):
+        assert result.returncode == 0, result.stderr
     clients = {e["client_id"] for e in json.loads(after.stdout)}
     assert not {c for c in clients if c.startswith("voicebus-cli-")} - {
         e["client_id"] for e in json.loads(before.stdout)
@@ -531,3 +533,46 @@ async def test_dlq_list_replay_purge_on_the_broker(fresh_mosquitto: Mosquitto) -
 async def run_cli(*args: str, url: str) -> subprocess.CompletedProcess[str]:
     """`voicebus` in a subprocess without blocking the test's event loop (its bus runs)."""
     return await asyncio.to_thread(voicebus, *args, url=url)
+
+
+def test_no_command_prints_the_broker_password(mosquitto: Mosquitto) -> None:
+    url = mosquitto.url(userinfo="demo:s3cret-pw")
+    runs = [
+        voicebus("demo", "--scale", "0", url=url),
+        voicebus("demo", "--scale", "0", "--json", url=url),
+        voicebus("status", "--timeout", "2", url=url),
+    ]
+    for result in runs:
+        assert result.returncode == 0, result.stderr
+        assert "s3cret-pw" not in result.stdout + result.stderr
+    assert "demo:***@" in runs[0].stdout
+
+
+@pytest.mark.parametrize("command", [["status"], ["dlq", "list"]])
+def test_a_broker_that_never_answers_is_exit_3_without_traceback(command: list[str]) -> None:
+    """TCP accepts, but no CONNACK ever comes: the --timeout covers the connect."""
+    import socket
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        url = f"mqtt://127.0.0.1:{server.getsockname()[1]}"
+        started = time.monotonic()
+        result = voicebus(*command, "--timeout", "1", url=url)
+        elapsed = time.monotonic() - started
+    assert result.returncode == 3, result.stderr
+    assert "Traceback" not in result.stderr and "CancelledError" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert elapsed < 8
+
+
+def test_dlq_list_skips_malformed_records(mosquitto: Mosquitto) -> None:
+    topic = f"voicebus/deadLetter/bad-{time.monotonic_ns()}"
+    mosquitto_pub(mosquitto, topic, '{"time": "yesterday", "topic": "x"}', "-r")
+    try:
+        result = voicebus("dlq", "list", "--json", url=mosquitto.url())
+        assert result.returncode == 0, result.stderr
+        assert "Traceback" not in result.stderr
+        assert topic.rsplit("/", 1)[1] not in result.stdout
+    finally:
+        mosquitto_pub(mosquitto, topic, "", "-r")

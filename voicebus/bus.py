@@ -123,6 +123,11 @@ class EventBus:
         return self._running
 
     @property
+    def redacted_url(self) -> str:
+        """The bus URL without its password, for messages and logs."""
+        return self._parsed_url.redacted()
+
+    @property
     def source(self) -> str:
         """The default `Event.source` of events this bus emits."""
         return self.client_id

@@ -36,7 +36,7 @@ from .demo import DemoError, Engines, Utterance, hop_summary, run_demo
 from .events import Event
 from .routes import ROUTES
 from .status import get_statuses
-from .transport import Message, resolve_url
+from .transport import Message, parse_url, resolve_url
 
 app = typer.Typer(
     help="voicebus: the voice-assistant event bus over MQTT (or in-process memory://).",
@@ -263,7 +263,8 @@ def status(
         out.print_json(entries)
         return
     if not entries:
-        out.note(f"no service has published its status on voicebus/status/+ at {bus_url}")
+        shown = parse_url(bus_url).redacted()
+        out.note(f"no service has published its status on voicebus/status/+ at {shown}")
         return
     out.print_table(
         ["service (client id)", "status"], [[e["client_id"], e["status"]] for e in entries]
@@ -295,7 +296,8 @@ def demo(
         check_url(bus_url)
     if not as_json:
         print(
-            f"voicebus demo on {bus_url}: services wakeword, stt, llm, tts, playback "
+            f"voicebus demo on {parse_url(bus_url).redacted()}: services wakeword, stt, llm, "
+            "tts, playback "
             f"(one bus each), {utterances} utterance(s)\n",
             flush=True,
         )
@@ -310,7 +312,7 @@ def demo(
     if as_json:
         out.print_json(
             {
-                "url": bus_url,
+                "url": parse_url(bus_url).redacted(),
                 "utterances": [r.as_dict() for r in runs],
                 "hops": hop_summary(runs),
             }

@@ -33,8 +33,10 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic_core import from_json, to_json
 
-from .errors import VoicebusError
+from .codec import parse_json_object
+from .errors import BrokerTimeoutError, VoicebusError
 from .events import Event
+from .failures import HANDLER_ERROR
 from .transport import Message, Transport, open_transport
 
 if TYPE_CHECKING:
@@ -153,17 +155,24 @@ async def _publish_retained(bus: EventBus, topic: str, payload: bytes) -> None:
 
 
 @asynccontextmanager
-async def _side_connection(bus: EventBus, on_message: Any) -> AsyncIterator[Transport]:
+async def _side_connection(
+    bus: EventBus, on_message: Any, connect_timeout: float
+) -> AsyncIterator[Transport]:
     """A short-lived connection of its own to the bus's broker (same credentials and
     TLS; no session, no status), so reading retained messages never disturbs the bus."""
     options = {
         key: value
         for key, value in bus._options.items()
-        if key not in ("session_expiry", "will", "status", "reconnect")
+        if key not in ("session_expiry", "will", "status", "reconnect", "connect_timeout")
     }
     client_id = f"{bus.client_id}-admin-{uuid.uuid4().hex[:6]}"
     transport = open_transport(
-        bus._parsed_url, client_id=client_id, status=False, reconnect=False, **options
+        bus._parsed_url,
+        client_id=client_id,
+        status=False,
+        reconnect=False,
+        connect_timeout=connect_timeout,
+        **options,
     )
     await transport.connect(on_message)
     try:
@@ -190,16 +199,20 @@ async def read_retained(bus: EventBus, topic_filter: str, timeout: float = 5.0) 
         elif message.retain and message.payload:
             found[message.topic] = message.payload
 
-    try:
-        async with asyncio.timeout(timeout), _side_connection(bus, on_message) as side:
-            await side.subscribe(topic_filter, 1)
-            await side.subscribe(marker, 2)
-            await side.publish(Message(marker, b"sync", 1, False))
-            await done
-    except TimeoutError:
-        raise VoicebusError(
-            f"reading retained {topic_filter} from {bus.url} took longer than {timeout}s"
-        ) from None
+    # The connect has its own timeout (connect_timeout: BrokerUnavailableError);
+    # cancelling aiomqtt in the middle of its handshake leaves callbacks behind.
+    async with _side_connection(bus, on_message, timeout) as side:
+        try:
+            async with asyncio.timeout(timeout):
+                await side.subscribe(topic_filter, 1)
+                await side.subscribe(marker, 2)
+                await side.publish(Message(marker, b"sync", 1, False))
+                await done
+        except TimeoutError:
+            raise BrokerTimeoutError(
+                f"reading retained {topic_filter} from {bus.redacted_url} took longer "
+                f"than {timeout}s"
+            ) from None
     return found
 
 
@@ -210,6 +223,12 @@ def _parse(topic: str, payload: bytes) -> dict[str, Any] | None:
         log.warning("ignoring a dead letter on %s that is not JSON", topic)
         return None
     if not isinstance(doc, dict):
+        log.warning("ignoring a dead letter on %s that is not a JSON object", topic)
+        return None
+    try:  # anyone allowed to write voicebus/deadLetter/# can put anything there
+        doc["time"] = float(doc.get("time") or 0)
+    except (TypeError, ValueError):
+        log.warning("ignoring a dead letter on %s with a malformed time", topic)
         return None
     doc.setdefault("id", topic[len(DEAD_LETTER_PREFIX) :])
     return doc
@@ -224,7 +243,7 @@ async def list_dead_letters(
     records = [doc for topic, payload in found.items() if (doc := _parse(topic, payload))]
     if client_id is not None:
         records = [r for r in records if r.get("client_id") == client_id]
-    records.sort(key=lambda r: (float(r.get("time") or 0), str(r.get("id"))))
+    records.sort(key=lambda r: (r["time"], str(r.get("id"))))
     return records
 
 
@@ -236,7 +255,7 @@ async def get_dead_letter(
     found = await read_retained(bus, topic, timeout)
     doc = _parse(topic, found[topic]) if topic in found else None
     if doc is None:
-        raise DeadLetterNotFoundError(f"no dead letter {dead_letter_id!r} on {bus.url}")
+        raise DeadLetterNotFoundError(f"no dead letter {dead_letter_id!r} on {bus.redacted_url}")
     return doc
 
 
@@ -270,8 +289,8 @@ async def replay_dead_letter(
     envelope = doc.get("envelope") or {}
     event: Event | None = None
     found = bus._routes.match(topic)
-    if doc.get("reason") == "handler_error" and found is not None:
-        data = from_json(payload) if payload else {}
+    if doc.get("reason") == HANDLER_ERROR and found is not None:
+        data = parse_json_object(payload) if payload else {}
         metadata = dict(envelope.get("metadata") or {})
         metadata["replay_of"] = dead_letter_id
         event = await bus.emit(
@@ -293,12 +312,13 @@ async def purge_dead_letters(bus: EventBus, id: str | None = None, timeout: floa
     found = await read_retained(bus, topic_filter, timeout)
     if not found:
         return 0
-    try:
-        async with asyncio.timeout(timeout), _side_connection(bus, lambda _m: None) as side:
-            for topic in found:
-                await side.publish(Message(topic, b"", 1, True))
-    except TimeoutError:
-        raise VoicebusError(
-            f"purging dead letters on {bus.url} took longer than {timeout}s"
-        ) from None
+    async with _side_connection(bus, lambda _m: None, timeout) as side:
+        try:
+            async with asyncio.timeout(timeout):
+                for topic in found:
+                    await side.publish(Message(topic, b"", 1, True))
+        except TimeoutError:
+            raise BrokerTimeoutError(
+                f"purging dead letters on {bus.redacted_url} took longer than {timeout}s"
+            ) from None
     return len(found)

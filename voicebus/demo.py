@@ -345,9 +345,10 @@ class Demo:
         hops = self.observer.timeline(cid)
         if reply is None or len(hops) < len(PIPELINE):
             got = {h.event.type for h in hops}
-            missing = next(t for t in PIPELINE if t not in got)
+            missing = next((t.value for t in PIPELINE if t not in got), None)
+            what = f"no {missing}" if missing else "the reply never reached the wakeword service"
             raise DemoError(
-                f"the pipeline stalled: no {missing.value} for {cid} within {self.timeout}s "
+                f"the pipeline stalled: {what} for {cid} within {self.timeout}s "
                 f"on {self.wakeword.bus.get_stats()['url']}"
             )
         answer = next(

@@ -62,6 +62,10 @@ class NotAuthorizedError(TransportError):
     """The broker refused a publish or subscribe (ACL)."""
 
 
+class BrokerTimeoutError(TransportError):
+    """The broker did not answer in time (connected, but slow or stuck)."""
+
+
 class PublishTimeoutError(TransportError):
     """The broker did not acknowledge a publish in time."""
 
