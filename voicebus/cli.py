@@ -31,7 +31,7 @@ from .cli_support import (
     topic_filter,
 )
 from .codec import validate_payload
-from .contract import contract_app
+from .contract import contract_app, payload_schema
 from .demo import DemoError, Engines, Utterance, hop_summary, run_demo
 from .events import Event
 from .routes import ROUTES
@@ -225,7 +225,8 @@ def topics(as_json: AsJson = False) -> None:
             "event_type": route.event_type.value,
             "topic": route.template.template,
             "filter": route.filter,
-            "fields": [f.alias or name for name, f in route.model.model_fields.items()],
+            "fields": list(payload_schema(route).get("properties", {})),
+            "topic_parameters": list(route.template.parameters),
             "hermes": route.hermes,
             "description": route.description,
         }
