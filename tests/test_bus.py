@@ -385,3 +385,21 @@ async def test_handler_stats_stay_one_entry_per_handler_for_repeated_once(bus: E
         await got.wait(i + 1)
     (entry,) = [h for h in bus.get_stats()["handler_stats"] if h["handler"] == "one_shot"]
     assert entry["call_count"] == 3
+
+
+async def test_a_wait_cancelled_before_it_starts_leaves_nothing_behind(bus: EventBus) -> None:
+    task = asyncio.ensure_future(bus.wait_for(EventType.MODEL_LOADED, timeout=5))
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    del task
+    import gc
+
+    for _ in range(100):  # the loop drops its last references to the task, then gc
+        await asyncio.sleep(0.001)
+        gc.collect()
+        if bus.get_stats()["pending_waits"] == 0:
+            break
+    assert bus.get_stats()["pending_waits"] == 0
+    assert await asyncio.wait_for(bus.wait_for(EventType.MODEL_LOADED, timeout=0.01), 1) is None
+    assert bus.get_stats()["pending_waits"] == 0

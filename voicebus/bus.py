@@ -14,6 +14,7 @@ import itertools
 import logging
 import time
 import uuid
+import weakref
 from collections.abc import Awaitable, Coroutine, Mapping
 from dataclasses import fields
 from enum import Enum
@@ -362,7 +363,9 @@ class EventBus:
                 raise
             return await self._wait(waiter, timeout)
 
-        return run()
+        running = run()
+        weakref.finalize(running, self._end_wait, waiter)  # see `wait_for`
+        return running
 
     # --- waiting -----------------------------------------------------------------------
 
@@ -378,7 +381,12 @@ class EventBus:
         The wait is registered when this is called (before the caller goes on) and
         removed when the returned coroutine finishes, however it finishes.
         """
-        return self._wait(self._register_wait(event_type, correlation_id, filter_func), timeout)
+        waiter = self._register_wait(event_type, correlation_id, filter_func)
+        waiting = self._wait(waiter, timeout)
+        # A coroutine cancelled or dropped before its first step never runs its
+        # `finally`: end the wait when the coroutine object goes away instead.
+        weakref.finalize(waiting, self._end_wait, waiter)
+        return waiting
 
     def _register_wait(
         self, target: Target, correlation_id: str | None, filter_func: EventFilter | None
@@ -392,8 +400,14 @@ class EventBus:
         return waiter
 
     def _end_wait(self, waiter: Waiter) -> None:
+        if waiter.ended:
+            return
+        waiter.ended = True
         self._waiters.discard(waiter)
-        self._filters.linger(waiter.topic_filter)
+        try:
+            self._filters.linger(waiter.topic_filter)
+        except RuntimeError:  # finalized with no event loop running: nothing to send
+            pass
 
     async def _wait(self, waiter: Waiter, timeout: float | None) -> Event | None:
         try:

@@ -18,6 +18,7 @@ class Waiter:
     future: asyncio.Future[Event]
     correlation_id: str | None = None
     predicate: EventFilter | None = None
+    ended: bool = False
 
     def accepts(self, event: Event) -> bool:
         if self.correlation_id is not None and event.correlation_id != self.correlation_id:
