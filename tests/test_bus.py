@@ -403,3 +403,14 @@ async def test_a_wait_cancelled_before_it_starts_leaves_nothing_behind(bus: Even
     assert bus.get_stats()["pending_waits"] == 0
     assert await asyncio.wait_for(bus.wait_for(EventType.MODEL_LOADED, timeout=0.01), 1) is None
     assert bus.get_stats()["pending_waits"] == 0
+
+
+async def test_same_id_from_two_sources_is_two_events(bus: EventBus) -> None:
+    got = Collector()
+    bus.subscribe(EventType.HEALTH_CHECK, got)
+    for source in ("sensor-a", "sensor-b", "sensor-a"):  # the last one is a repeat
+        props = (("id", "1"), ("source", source), ("type", "health_check"))
+        await bus.publish_message(Message("voicebus/system/health", b"{}", 1, False, None, props))
+    await got.wait(2)
+    await got.settle(0.1)
+    assert [e.source for e in got.events] == ["sensor-a", "sensor-b"]

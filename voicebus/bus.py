@@ -460,13 +460,16 @@ class EventBus:
                 self._inbound_failure(message, exc.reason, str(exc), None)
             return False
         sids = message.subscription_ids
+        # Ids are unique per source (CloudEvents): a peer counting from 1 after a
+        # restart must not collide with another one's.
+        key = f"{event.source}\x00{event.id}"
         if self._dispatcher.is_group_copy(sids):
             # The broker's copy for a group (shared subscription) of this bus: it is
             # dispatched to that group's handlers only, apart from the plain copy.
-            if not self._dispatched.add(event.id + "\x00group"):
+            if not self._dispatched.add(key + "\x00group"):
                 return False
         else:
-            if not self._dispatched.add(event.id):
+            if not self._dispatched.add(key):
                 return False
             if len(self._waiters):
                 self._waiters.resolve(event)
