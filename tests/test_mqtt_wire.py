@@ -18,24 +18,22 @@ from voicebus import EventBus, EventType
 from voicebus.transport.properties import pack_publish_properties, unpack_publish_properties
 
 
+async def mosquitto_pub(broker: Mosquitto, topic: str, payload: str, *extra: str) -> None:
+    """Publish like a plain MQTT client (no MQTT 5 properties)."""
+    proc = await asyncio.create_subprocess_exec(
+        "mosquitto_pub", "-h", "127.0.0.1", "-p", str(broker.port), *extra,
+        "-t", topic, "-m", payload,
+    )  # fmt: skip
+    assert await proc.wait() == 0
+
+
 async def test_mosquitto_pub_reaches_a_typed_handler(mosquitto: Mosquitto) -> None:
     async with EventBus(mosquitto.url()) as bus:
         got = Collector()
         bus.subscribe(EventType.SPEECH_DETECTED, got)
-        await asyncio.sleep(0.05)
+        await bus._settle()
         payload = json.dumps({"text": "turn on the light", "likelihood": 0.8, "sessionId": "s-9"})
-        proc = await asyncio.create_subprocess_exec(
-            "mosquitto_pub",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(mosquitto.port),
-            "-t",
-            "hermes/asr/textCaptured",
-            "-m",
-            payload,
-        )
-        assert await proc.wait() == 0
+        await mosquitto_pub(mosquitto, "hermes/asr/textCaptured", payload)
         (event,) = await got.wait(1)
         assert event.type is EventType.SPEECH_DETECTED
         assert event.data["text"] == "turn on the light"
@@ -151,21 +149,10 @@ async def test_qos2_message_from_a_peer_reaches_the_handler(mosquitto: Mosquitto
     async with EventBus(mosquitto.url()) as bus:
         got = Collector()
         bus.subscribe(EventType.TTS_COMPLETED, got)
-        await asyncio.sleep(0.05)
-        proc = await asyncio.create_subprocess_exec(
-            "mosquitto_pub",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(mosquitto.port),
-            "-q",
-            "2",
-            "-t",
-            "hermes/tts/sayFinished",
-            "-m",
-            '{"id": "say-1", "sessionId": "s-2"}',
+        await bus._settle()
+        await mosquitto_pub(
+            mosquitto, "hermes/tts/sayFinished", '{"id": "say-1", "sessionId": "s-2"}', "-q", "2"
         )
-        assert await proc.wait() == 0
         (event,) = await got.wait(1)
         assert event.data["id"] == "say-1" and event.correlation_id == "s-2"
 

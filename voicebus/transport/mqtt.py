@@ -338,12 +338,7 @@ class MqttTransport:
         gets us disconnected) is not sent but refused, like a direct `publish`.
         """
         props = pack_message_properties(message)
-        limit = self._broker_max_packet
-        if (
-            limit
-            and len(message.payload) + len(props.packed) + 4 * len(message.topic) + _PACKET_OVERHEAD
-            > limit
-        ):
+        if self._over_broker_limit(message, props.packed):
             self._undeliverable(message, self._too_large(message))
             return None
         info = paho.publish(
@@ -449,8 +444,7 @@ class MqttTransport:
         while the link is down."""
         if not message.validated:  # encode() built the topic from a checked template
             check_topic(message.topic)
-        size = len(message.payload)
-        if size > self._payload_limit:
+        if len(message.payload) > self._payload_limit:
             raise self._too_large(message)
         if not self._online:
             self._check_open()
@@ -459,11 +453,7 @@ class MqttTransport:
         paho = self._paho
         assert paho is not None
         props = pack_message_properties(message)
-        if (
-            self._broker_max_packet
-            and size + len(props.packed) + 4 * len(message.topic) + _PACKET_OVERHEAD
-            > self._broker_max_packet
-        ):
+        if self._over_broker_limit(message, props.packed):
             raise self._too_large(message)
         info = paho.publish(message.topic, message.payload, message.qos, message.retain, props)  # type: ignore[arg-type]
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
@@ -486,13 +476,20 @@ class MqttTransport:
                 f"{self.options.publish_timeout}s"
             ) from None
         finally:
-            entry = inflight.get(mid)
-            if entry is not None and entry[1] is fut:
-                del inflight[mid]
+            self._outbox.forget(mid, fut)
         if code >= 0x80:
             raise publish_error(self.url, message.topic, code)
         if self.options.resend_window and code != REQUEUED:  # requeued: not acknowledged
             self._outbox.acknowledged(message)
+
+    def _over_broker_limit(self, message: Message, packed_properties: bytes) -> bool:
+        """Would this PUBLISH exceed the broker's Maximum Packet Size (from CONNACK)?
+        (Topic counted at 4 bytes a character: the UTF-8 worst case.)"""
+        limit = self._broker_max_packet
+        if not limit:
+            return False
+        size = len(message.payload) + len(packed_properties) + 4 * len(message.topic)
+        return size + _PACKET_OVERHEAD > limit
 
     def _too_large(self, message: Message) -> PayloadTooLargeError:
         size = len(message.payload)
