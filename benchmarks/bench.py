@@ -43,7 +43,7 @@ from paho.mqtt.properties import Properties
 
 import voicebus
 from voicebus import Event, EventBus
-from voicebus.models import Payload
+from voicebus.wire.models import Payload
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"

@@ -22,11 +22,11 @@ import pytest
 from tests.broker import Mosquitto
 from tests.helpers import Collector
 from voicebus import Event, EventBus, EventType
-from voicebus.codec import encode
-from voicebus.routes import ROUTES
 from voicebus.transport import Message
-from voicebus.transport.mqtt import MqttTransport
-from voicebus.transport.mqtt_link import Acks, PendingAck
+from voicebus.transport.mqtt.link import Acks, PendingAck
+from voicebus.transport.mqtt.transport import MqttTransport
+from voicebus.wire.codec import encode
+from voicebus.wire.routes import ROUTES
 
 SUBSCRIBER = """
 import asyncio, sys
@@ -44,7 +44,7 @@ async def main(url, client_id, block_at):
 
     bus.subscribe(EventType.SPEECH_DETECTED, handler)
     await bus.start()
-    await bus._settle()
+    await bus.ready()
     print("ready", flush=True)
     await asyncio.Event().wait()
 
@@ -154,7 +154,7 @@ async def test_pubacks_wait_for_an_earlier_message_still_in_its_handler(
     bus.subscribe(EventType.SPEECH_DETECTED, _blocking(release, handled))
     tokens = _spy(bus)
     async with bus, EventBus(url) as pub:
-        await bus._settle()
+        await bus.ready()
         slow = await pub.emit(EventType.SPEECH_DETECTED, {"text": "slow"})
         _, again = encode(
             ROUTES.get(EventType.SPEECH_DETECTED),
@@ -198,7 +198,7 @@ async def test_acks_of_a_lost_connection_are_not_sent_on_the_next(
     bus.subscribe(EventType.SPEECH_DETECTED, _blocking(release, handled))
     tokens = _spy(bus)
     async with bus, EventBus(url) as pub:
-        await bus._settle()
+        await bus.ready()
         await pub.emit(EventType.SPEECH_DETECTED, {"text": "slow"})
         await _until(lambda: handled == ["slow"])
         transport = bus._transport
@@ -263,7 +263,7 @@ async def test_without_a_persistent_session_acks_go_out_at_once(
     bus = EventBus(url)
     bus.subscribe(EventType.SPEECH_DETECTED, _blocking(release, handled))
     async with bus, EventBus(url) as pub:
-        await bus._settle()
+        await bus.ready()
         await pub.emit(EventType.SPEECH_DETECTED, {"text": "slow"})
         await _until(lambda: handled == ["slow"])
         receiver = bus._transport._paho  # type: ignore[union-attr]
@@ -287,7 +287,7 @@ async def test_a_handler_awaiting_a_reply_behind_a_full_queue_gets_it(tmp_path: 
 
         sub.subscribe(EventType.SPEECH_DETECTED, handler)
         async with sub, EventBus(url) as pub:
-            await sub._settle()
+            await sub.ready()
             await pub.emit(EventType.SPEECH_DETECTED, {"text": "first"})
             await asyncio.wait_for(first.wait(), 5)
             for i in range(30):

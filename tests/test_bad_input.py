@@ -14,7 +14,7 @@ import pytest
 from tests.broker import Mosquitto
 from tests.helpers import Collector
 from voicebus import EventBus, EventType, PayloadTooLargeError
-from voicebus.deadletters import list_dead_letters
+from voicebus.ops.dlq import list_dead_letters
 
 BAD_INPUT = {  # topic, payload -> reason
     "non_json": ("hermes/asr/textCaptured", b"hello there", "invalid_json"),

@@ -18,9 +18,9 @@ from typer.testing import CliRunner
 from tests.broker import Mosquitto, free_port
 from tests.helpers import Collector
 from voicebus import Event, EventBus, EventType
-from voicebus.cli import app
-from voicebus.cli_support import build_payload, event_type_named
-from voicebus.routes import ROUTES
+from voicebus.cli.app import app
+from voicebus.cli.support import build_payload, event_type_named
+from voicebus.wire.routes import ROUTES
 
 ROOT = Path(__file__).resolve().parent.parent
 _TERMINAL_ENV = ("VOICEBUS_URL", "FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE")

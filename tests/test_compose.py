@@ -16,7 +16,7 @@ import yaml
 from typer.testing import CliRunner
 
 from tests.broker import CONFIGS, config_value
-from voicebus.cli import app
+from voicebus.cli.app import app
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from voicebus import contract
-from voicebus.events import EventType
-from voicebus.routes import ROUTES
+from voicebus.cli import contract
+from voicebus.wire.events import EventType
+from voicebus.wire.routes import ROUTES
 
 ROOT = Path(__file__).resolve().parent.parent
 TOPICS = ROOT / "topics"
@@ -47,7 +47,7 @@ def test_committed_contract_is_up_to_date() -> None:
     problems = contract.differences(TOPICS)
     assert problems == [], (
         "topics/ differs from what the code generates; run `voicebus contract export "
-        "topics/` (or `python -m voicebus.contract export topics/`) and commit:\n"
+        "topics/` (or `python -m voicebus.cli.contract export topics/`) and commit:\n"
         + "\n".join(problems)
     )
 
@@ -100,7 +100,7 @@ def test_cli_export_and_check(tmp_path: Path) -> None:
 def test_python_dash_m_export(tmp_path: Path) -> None:
     out = tmp_path / "topics"
     subprocess.run(
-        [sys.executable, "-m", "voicebus.contract", "export", str(out)],
+        [sys.executable, "-m", "voicebus.cli.contract", "export", str(out)],
         check=True,
         cwd=ROOT,
         capture_output=True,

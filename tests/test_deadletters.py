@@ -13,8 +13,8 @@ import pytest
 from tests.broker import Mosquitto
 from tests.helpers import Collector
 from voicebus import Event, EventBus, EventType
-from voicebus.deadletters import (
-    DeadLetterNotFoundError,
+from voicebus.errors import DeadLetterNotFoundError
+from voicebus.ops.dlq import (
     get_dead_letter,
     list_dead_letters,
     purge_dead_letters,

@@ -9,7 +9,7 @@ import pytest
 
 from tests.broker import Mosquitto
 from tests.test_cli import voicebus
-from voicebus.demo import PIPELINE, SCRIPT, Demo, DemoError, Engines, Utterance, run_demo
+from voicebus.cli.demo import PIPELINE, SCRIPT, Demo, DemoError, Engines, Utterance, run_demo
 
 FAST = Engines(scale=0.05)
 

@@ -25,7 +25,24 @@ def test_names_other_parts_depend_on() -> None:
         "NotAuthorizedError",
         "BackpressureError",
         "PayloadTooLargeError",
+        "BusConfig",
+        "BusSettings",
+        "MqttSettings",
+        "Message",
+        "ConfigError",
     ):
         assert name in voicebus.__all__, name
     assert issubclass(voicebus.PayloadValidationError, voicebus.VoicebusError)
     assert issubclass(voicebus.TransportError, voicebus.VoicebusError)
+
+
+def test_bus_settings_match_bus_config() -> None:
+    """`BusSettings` (the typed keyword arguments) names exactly the `BusConfig` fields."""
+    from dataclasses import fields
+    from typing import get_type_hints
+
+    hints = get_type_hints(voicebus.BusSettings)
+    config_hints = get_type_hints(voicebus.BusConfig)
+    assert set(hints) == {f.name for f in fields(voicebus.BusConfig)}
+    for name, hint in hints.items():
+        assert hint == config_hints[name], name

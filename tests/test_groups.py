@@ -24,7 +24,7 @@ async def test_three_workers_in_a_group_split_300_events(bus_url: str) -> None:
         handled = [Collector(f"worker{i}") for i in range(3)]
         for bus, got in zip(workers, handled, strict=True):
             bus.subscribe(EventType.SPEECH_DETECTED, got, group="llm-workers")
-            await bus._settle()
+            await bus.ready()
         monitor = Collector("monitor")  # a plain subscriber still sees every event
         pub = await stack.enter_async_context(EventBus(bus_url))
         pub.subscribe(EventType.SPEECH_DETECTED, monitor)
@@ -49,8 +49,8 @@ async def test_a_bus_with_a_group_and_a_plain_subscription_runs_both(bus_url: st
         a.subscribe(EventType.SPEECH_DETECTED, log_a)
         a.subscribe(EventType.SPEECH_DETECTED, work_a, group="llm-workers")
         b.subscribe(EventType.SPEECH_DETECTED, work_b, group="llm-workers")
-        await a._settle()
-        await b._settle()
+        await a.ready()
+        await b.ready()
         for i in range(20):
             await pub.emit(EventType.SPEECH_DETECTED, {"text": f"e{i}"})
         await _wait_total([work_a, work_b], 20)

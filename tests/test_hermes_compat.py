@@ -36,9 +36,9 @@ import pytest
 from tests.broker import Mosquitto
 from tests.helpers import Collector
 from voicebus import Event, EventBus, EventType
-from voicebus.codec import decode, encode
-from voicebus.routes import ROUTES
 from voicebus.transport.base import Message
+from voicebus.wire.codec import decode, encode
+from voicebus.wire.routes import ROUTES
 
 ROOT = Path(__file__).resolve().parent.parent
 HERMES_DIR = ROOT / "tests" / "fixtures" / "hermes"

@@ -15,7 +15,7 @@ from paho.mqtt.properties import Properties
 from tests.broker import Mosquitto
 from tests.helpers import Collector
 from voicebus import EventBus, EventType
-from voicebus.transport.properties import pack_publish_properties, unpack_publish_properties
+from voicebus.transport.mqtt.properties import pack_publish_properties, unpack_publish_properties
 
 
 async def mosquitto_pub(broker: Mosquitto, topic: str, payload: str, *extra: str) -> None:
@@ -31,7 +31,7 @@ async def test_mosquitto_pub_reaches_a_typed_handler(mosquitto: Mosquitto) -> No
     async with EventBus(mosquitto.url()) as bus:
         got = Collector()
         bus.subscribe(EventType.SPEECH_DETECTED, got)
-        await bus._settle()
+        await bus.ready()
         payload = json.dumps({"text": "turn on the light", "likelihood": 0.8, "sessionId": "s-9"})
         await mosquitto_pub(mosquitto, "hermes/asr/textCaptured", payload)
         (event,) = await got.wait(1)
@@ -149,7 +149,7 @@ async def test_qos2_message_from_a_peer_reaches_the_handler(mosquitto: Mosquitto
     async with EventBus(mosquitto.url()) as bus:
         got = Collector()
         bus.subscribe(EventType.TTS_COMPLETED, got)
-        await bus._settle()
+        await bus.ready()
         await mosquitto_pub(
             mosquitto, "hermes/tts/sayFinished", '{"id": "say-1", "sessionId": "s-2"}', "-q", "2"
         )

@@ -9,7 +9,7 @@ from pathlib import Path
 from tests.broker import Mosquitto, config_value
 from tests.helpers import Collector
 from voicebus import EventBus, EventType
-from voicebus.transport.mqtt import MqttTransport
+from voicebus.transport.mqtt.transport import MqttTransport
 
 
 async def _offline_then_back(url: str, n: int) -> tuple[list[str], bool]:

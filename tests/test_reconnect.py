@@ -13,7 +13,7 @@ import pytest
 from tests.broker import Mosquitto, config_value
 from tests.helpers import Collector
 from voicebus import BackpressureError, Event, EventBus, EventType, PayloadTooLargeError
-from voicebus.transport.mqtt import MqttOptions, MqttTransport
+from voicebus.transport.mqtt.transport import MqttOptions, MqttTransport
 
 FAST = {"reconnect_delay": 0.02, "reconnect_max_delay": 0.2}
 """Backoff for tests: the broker is back within ~100 ms."""
@@ -112,14 +112,16 @@ async def test_sigterm_restart_mid_stream_every_event_handled_exactly_once(
 
 
 def test_backoff_is_exponential_bounded_and_jittered() -> None:
-    opts = MqttOptions("x", reconnect_delay=0.1, reconnect_max_delay=1.0, reconnect_jitter=0.5)
+    opts = MqttOptions(
+        client_id="x", reconnect_delay=0.1, reconnect_max_delay=1.0, reconnect_jitter=0.5
+    )
     delays = [[opts.backoff(n) for _ in range(50)] for n in range(8)]
     for n, values in enumerate(delays):
         ceiling = min(1.0, 0.1 * 2**n)
         assert all(ceiling * 0.5 <= d <= ceiling for d in values)
         assert len(set(values)) > 1  # jitter
     assert max(delays[7]) <= 1.0
-    no_jitter = MqttOptions("x", reconnect_delay=0.1, reconnect_jitter=0.0)
+    no_jitter = MqttOptions(client_id="x", reconnect_delay=0.1, reconnect_jitter=0.0)
     assert [no_jitter.backoff(n) for n in range(3)] == [0.1, 0.2, 0.4]
 
 

@@ -82,7 +82,7 @@ async def test_services_reach_their_topics_over_tls(secure: Secure) -> None:
     )
     async with llm, EventBus(secure.url("stt") + f"?ca={ca}", client_id="stt-1") as stt:
         llm.subscribe(EventType.SPEECH_DETECTED, got)
-        await llm._settle()
+        await llm.ready()
         await stt.emit(EventType.SPEECH_DETECTED, {"text": "lights on"})
         (event,) = await got.wait(1)
         assert event.data["text"] == "lights on"

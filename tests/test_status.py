@@ -10,8 +10,9 @@ import aiomqtt
 
 from tests.broker import Mosquitto
 from voicebus import EventBus
-from voicebus.status import get_statuses, status_topic
-from voicebus.transport.mqtt import MqttTransport
+from voicebus.ops.status import get_statuses
+from voicebus.transport.mqtt.transport import MqttTransport
+from voicebus.wire.status import status_topic
 
 
 async def _watch(port: int, topic: str, seen: list[str], ready: asyncio.Event) -> None:

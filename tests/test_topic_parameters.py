@@ -19,9 +19,9 @@ import pytest
 from tests.broker import Mosquitto
 from tests.helpers import Collector
 from voicebus import EventBus, EventType, PayloadValidationError, TopicError, topic_for
-from voicebus.codec import decode, encode
-from voicebus.routes import ROUTES, Route
-from voicebus.topics import TopicTemplate
+from voicebus.wire.codec import decode, encode
+from voicebus.wire.routes import ROUTES, Route
+from voicebus.wire.topics import TopicTemplate
 
 BAD = {
     "slash": ("kitchen/left", "contains '/'"),

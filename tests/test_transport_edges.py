@@ -19,13 +19,13 @@ from tests.broker import Mosquitto
 from voicebus import PayloadTooLargeError
 from voicebus.errors import BrokerUnavailableError, TransportError
 from voicebus.transport import Message, parse_url
-from voicebus.transport import mqtt as mqtt_module
-from voicebus.transport.mqtt import MqttOptions, MqttTransport
+from voicebus.transport.mqtt import transport as mqtt_module
+from voicebus.transport.mqtt.transport import MqttOptions, MqttTransport
 
 
 def _transport(broker: Mosquitto, **options: Any) -> MqttTransport:
     client_id = f"edge-{uuid.uuid4().hex[:8]}"
-    return MqttTransport(parse_url(broker.url()), MqttOptions(client_id, **options))
+    return MqttTransport(parse_url(broker.url()), MqttOptions(client_id=client_id, **options))
 
 
 async def _until(condition: Callable[[], bool], timeout: float = 3.0) -> None:
@@ -306,7 +306,7 @@ async def test_without_reconnect_a_clean_close_by_the_broker_says_so(
 
 def test_a_message_acknowledged_in_the_same_read_as_the_loss_is_not_requeued() -> None:
     from voicebus.transport.base import Message
-    from voicebus.transport.outbox import REQUEUED, Outbox
+    from voicebus.transport.mqtt.outbox import REQUEUED, Outbox
 
     loop = asyncio.new_event_loop()
     try:

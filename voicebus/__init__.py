@@ -14,13 +14,15 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import models
 from .bus import EventBus
+from .config import BusConfig, BusSettings, MqttSettings
 from .errors import (
     AuthenticationError,
     BackpressureError,
     BrokerUnavailableError,
     BusStateError,
+    ConfigError,
+    DeadLetterNotFoundError,
     DecodeError,
     NotAuthorizedError,
     PayloadTooLargeError,
@@ -32,11 +34,13 @@ from .errors import (
     UnknownEventTypeError,
     VoicebusError,
 )
-from .events import Event, EventType
-from .models import Payload
-from .routes import ROUTES, Route, RouteTable, register_route, topic_for
+from .receive.subscriptions import Subscription
 from .singleton import emit_event, subscribe_to_events
-from .subscriptions import Subscription
+from .transport import Message
+from .wire import models
+from .wire.events import Event, EventType
+from .wire.models import Payload
+from .wire.routes import ROUTES, Route, RouteTable, register_route, topic_for
 
 try:
     __version__ = version("voicebus")
@@ -48,11 +52,17 @@ __all__ = [
     "AuthenticationError",
     "BackpressureError",
     "BrokerUnavailableError",
+    "BusConfig",
+    "BusSettings",
     "BusStateError",
+    "ConfigError",
+    "DeadLetterNotFoundError",
     "DecodeError",
     "Event",
     "EventBus",
     "EventType",
+    "Message",
+    "MqttSettings",
     "NotAuthorizedError",
     "Payload",
     "PayloadTooLargeError",

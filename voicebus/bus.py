@@ -3,8 +3,9 @@
 Data flows one way: ``emit -> validate -> encode -> transport`` on the sending
 side; ``transport -> decode -> wait_for futures -> dispatch (pre middleware ->
 handlers by priority -> post middleware) -> history/stats`` on the receiving side.
-The pieces live in their own modules: `codec`, `transport`, `dispatch`,
-`broker_filters`, `waiters`, `monitor`, `failures`.
+The pieces live in their rooms: `wire` (events, models, routes, codec),
+`transport`, `receive` (broker sync, waiters, dispatch, monitor), `deadletters`;
+every setting is in `config`.
 """
 
 from __future__ import annotations
@@ -16,30 +17,30 @@ import time
 import uuid
 import weakref
 from collections.abc import Awaitable, Coroutine, Mapping
-from dataclasses import fields
+from dataclasses import replace
 from enum import Enum
 from typing import Any
 
-from . import failures
-from .broker_filters import BrokerFilters
-from .codec import InvalidMessage, decode, encode
-from .dispatch import Dispatcher, Middleware
-from .errors import BusStateError, DecodeError, VoicebusError
-from .events import Event, EventType, event_type_named
-from .models import Payload
-from .monitor import Monitor, SeenIds
-from .routes import PREFIX, ROUTES, SYSTEM_PREFIXES, RouteTable
-from .subscriptions import EventFilter, Handler, Subscription, SubscriptionRegistry
-from .transport import Message, Transport, open_transport, parse_url, resolve_url
-from .transport.mqtt_options import MqttOptions
-from .waiters import Waiter, Waiters
+from typing_extensions import Unpack
+
+from . import deadletters
+from .config import CONFIG_FIELDS, BusConfig, BusSettings, check_applies
+from .errors import BusStateError, ConfigError, DecodeError, VoicebusError
+from .receive.broker_sync import BrokerFilters
+from .receive.dispatch import Dispatcher, Middleware
+from .receive.monitor import Monitor, SeenIds
+from .receive.subscriptions import EventFilter, Handler, Subscription, SubscriptionRegistry
+from .receive.waiters import Waiter, Waiters
+from .transport import BusURL, Message, Transport, open_transport, parse_url, resolve_url
+from .wire.codec import InvalidMessage, decode, encode
+from .wire.events import Event, EventType, event_type_named
+from .wire.models import Payload
+from .wire.routes import PREFIX, ROUTES, SYSTEM_PREFIXES, RouteTable
 
 log = logging.getLogger("voicebus")
 
 Target = Enum | str
 """What `subscribe` and `wait_for` accept: an event type or an MQTT topic filter."""
-
-_MQTT_OPTIONS = {f.name for f in fields(MqttOptions)} - {"client_id"}
 
 
 class EventBus:
@@ -47,15 +48,12 @@ class EventBus:
 
     Args:
         url: bus URL; defaults to ``$VOICEBUS_URL``, then ``memory://``.
-        client_id: MQTT client id and default event `source`.
-        max_queue_size: received events waiting for dispatch before the transport
-            stops reading (back-pressure; nothing is dropped).
-        enable_history: keep the last `history_size` events.
-        **options: MQTT settings (``username``, ``password``, ``session_expiry``,
-            ``ca_file``, ``cert_file``, ``key_file``, ``keepalive``,
-            ``publish_timeout``, ``max_payload_size``; reconnect: ``reconnect``,
-            ``reconnect_delay``, ``reconnect_max_delay``, ``reconnect_jitter``,
-            ``outbox_size``, ``resend_window``; ``status``): see `MqttOptions`.
+        client_id: MQTT client id and default event `source` (generated when not given).
+        routes: the route table (default: the shared `ROUTES`).
+        config: every setting at once (`BusConfig`).
+        **settings: any field of `BusConfig` by name (overrides `config`), e.g.
+            ``max_queue_size``, ``enable_history``, ``session_expiry``, ``keepalive``.
+            MQTT-only settings on a ``memory://`` bus raise `ConfigError`.
     """
 
     def __init__(
@@ -63,31 +61,30 @@ class EventBus:
         url: str | None = None,
         *,
         client_id: str | None = None,
-        max_queue_size: int = 1000,
-        enable_history: bool = True,
-        history_size: int = 100,
-        dead_letter_size: int = 1000,
-        component: str = "bus",
         routes: RouteTable | None = None,
-        **options: Any,
+        config: BusConfig | None = None,
+        **settings: Unpack[BusSettings],
     ) -> None:
-        unknown = set(options) - _MQTT_OPTIONS
+        unknown = set(settings) - CONFIG_FIELDS
         if unknown:
-            raise TypeError(f"unknown EventBus option(s): {', '.join(sorted(unknown))}")
-        self.url = resolve_url(url)
-        self._parsed_url = parse_url(self.url)
+            raise ConfigError(f"unknown EventBus option(s): {', '.join(sorted(unknown))}")
+        given: dict[str, Any] = {k: v for k, v in settings.items() if v is not None}
+        self.config = replace(config or BusConfig(), **given)  # None: the default
+        self._url = parse_url(resolve_url(url))
+        check_applies(self.config, self._url.scheme)
+        self.url = self._url.redacted()
+        """The bus URL without its password."""
         prefix = uuid.uuid4().hex[:12]
         self.client_id = client_id or f"voicebus-{prefix}"
-        self.component = component
-        self._options = options
-        self._max_payload = int(options.get("max_payload_size") or MqttOptions.max_payload_size)
+        self.component = self.config.component
+        max_queue_size = self.config.max_queue_size
         self._routes = routes or ROUTES
         self._counter = itertools.count(1)
         self._id_prefix = prefix
         self.monitor = Monitor(
-            enable_history=enable_history,
-            history_size=history_size,
-            dead_letter_size=dead_letter_size,
+            enable_history=self.config.enable_history,
+            history_size=self.config.history_size,
+            dead_letter_size=self.config.dead_letter_size,
         )
         self._subs = SubscriptionRegistry()
         self._filters = BrokerFilters(self._subs)
@@ -125,8 +122,18 @@ class EventBus:
 
     @property
     def redacted_url(self) -> str:
-        """The bus URL without its password, for messages and logs."""
-        return self._parsed_url.redacted()
+        """The bus URL without its password (the same as `url`)."""
+        return self.url
+
+    @property
+    def broker(self) -> BusURL:
+        """Where this bus connects (with credentials; its repr shows no password)."""
+        return self._url
+
+    @property
+    def routes(self) -> RouteTable:
+        """The route table this bus encodes and decodes with."""
+        return self._routes
 
     @property
     def source(self) -> str:
@@ -154,14 +161,14 @@ class EventBus:
         async with self._start_lock:
             if self._running:
                 return
-            transport = open_transport(self._parsed_url, client_id=self.client_id, **self._options)
+            transport = open_transport(self._url, client_id=self.client_id, settings=self.config)
             self._acker = transport  # messages may come while it connects
             # With a persistent session, acknowledge a QoS 1 message only after its
             # handlers ran, so a crash in between gets it redelivered. Without one the
             # broker forgets unacknowledged messages anyway, and acknowledging at once
             # keeps the broker's in-flight window (Mosquitto: max_inflight_messages)
             # from stalling a handler that awaits a reply behind a full queue.
-            defer = bool(self._options.get("session_expiry"))
+            defer = bool(self.config.session_expiry)
             await transport.connect(self._on_message, defer_acks=defer)
             if hasattr(transport, "on_publish_failed"):
                 transport.on_publish_failed = self._publish_failed
@@ -283,8 +290,11 @@ class EventBus:
             self._dispatcher.group_sids.discard(sid or 0)
             self._filters.unsubscribe(sub.broker_filter)
 
-    async def _settle(self) -> None:
-        """Wait until the broker has acknowledged every (un)subscribe made so far."""
+    async def ready(self) -> None:
+        """Start the bus if needed, then return once the broker has acknowledged every
+        (un)subscribe made so far (on ``memory://`` at once)."""
+        if not self._running:
+            await self.start()
         await self._filters.settle()
 
     # --- middleware ------------------------------------------------------------------
@@ -443,8 +453,12 @@ class EventBus:
     def _receive(self, message: Message) -> bool:
         """Decode `message` and queue its event for dispatch; False when not queued
         (a dead letter, unrouted, a duplicate)."""
-        if len(message.payload) > self._max_payload and self._routes.match(message.topic):
-            error = f"payload of {len(message.payload)} bytes exceeds {self._max_payload}"
+        if len(message.payload) > self.config.max_payload_size and self._routes.match(
+            message.topic
+        ):
+            error = (
+                f"payload of {len(message.payload)} bytes exceeds {self.config.max_payload_size}"
+            )
             self._inbound_failure(message, "payload_too_large", error, None)
             return False
         try:
@@ -479,11 +493,11 @@ class EventBus:
     # --- failures ----------------------------------------------------------------------
 
     def _handler_failed(self, event: Event, handler: str, exc: Exception, component: str) -> None:
-        record = failures.handler_failure(event, handler, exc)
+        record = deadletters.handler_failure(event, handler, exc)
         log.error("handler %s failed on %s: %s", handler, event.type.value, exc, exc_info=exc)
         self._dead_letter(record)
         if event.type != EventType.ERROR_OCCURRED:  # never an error about an error handler
-            self._emit_error(failures.error_event_data(record, component), event.correlation_id)
+            self._emit_error(deadletters.error_event_data(record, component), event.correlation_id)
 
     def _publish_failed(self, message: Message, exc: Exception) -> None:
         """The broker refused a message sent from the outbox after a reconnect."""
@@ -496,17 +510,29 @@ class EventBus:
         self, message: Message, reason: str, error: str, event: Event | None
     ) -> None:
         log.warning("dead letter from %s: %s", message.topic, error)
-        record = failures.inbound_failure(message, reason, error, event)
+        record = deadletters.inbound_failure(message, reason, error, event)
         self._dead_letter(record)
         if not message.topic.startswith("voicebus/error/"):
-            self._emit_error(failures.error_event_data(record, "bus"), None)
+            self._emit_error(deadletters.error_event_data(record, "bus"), None)
 
     def _dead_letter(self, record: dict[str, Any]) -> None:
         """Keep `record` in memory and publish it retained to voicebus/deadLetter/<id>."""
-        from .deadletters import publish_dead_letter
-
         self.monitor.dead_letter(record)
-        self._spawn(publish_dead_letter(self, record))
+        size = self.config.max_payload_size
+        self._spawn(
+            self._publish_quietly(deadletters.dead_letter_message(record, self.client_id, size))
+        )
+
+    async def _publish_quietly(self, message: Message) -> None:
+        """Publish bookkeeping (a dead letter) in the background; failures only logged."""
+        transport = self._transport
+        if transport is None:
+            log.warning("bus stopped: %s kept in memory only", message.topic)
+            return
+        try:
+            await transport.publish(message)
+        except VoicebusError as exc:
+            log.warning("could not publish %s: %s", message.topic, exc)
 
     def _emit_error(self, data: dict[str, Any], correlation_id: str | None) -> None:
         async def emit() -> None:
@@ -530,7 +556,7 @@ class EventBus:
         stats["handler_stats"] = [s.as_dict() for s in self._dispatcher.handler_stats]
         stats.update(
             {
-                "url": self._parsed_url.redacted(),
+                "url": self.url,
                 "client_id": self.client_id,
                 "running": self._running,
                 "subscriptions": len(self._subs),

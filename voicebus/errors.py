@@ -76,3 +76,15 @@ class PayloadTooLargeError(VoicebusError, ValueError):
 
 class BackpressureError(VoicebusError):
     """The outbox is full: the event was not accepted (nothing was dropped silently)."""
+
+
+class ConfigError(VoicebusError, TypeError):
+    """A setting that is unknown, or does not apply to this bus's URL."""
+
+
+class DeadLetterNotFoundError(VoicebusError, LookupError):
+    """No retained dead letter with that id on the broker."""
+
+
+class DemoError(VoicebusError):
+    """The simulated pipeline stalled (a service did not answer in time)."""

@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .bus import EventBus, Target
-    from .events import Event
-    from .models import Payload
-    from .subscriptions import EventFilter, Handler, Subscription
+    from .receive.subscriptions import EventFilter, Handler, Subscription
+    from .wire.events import Event
+    from .wire.models import Payload
 
 _bus: EventBus | None = None
 

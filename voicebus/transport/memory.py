@@ -14,7 +14,7 @@ import asyncio
 from collections import deque
 
 from ..errors import BusStateError
-from ..topics import check_filter, check_topic, matches
+from ..wire.topics import check_filter, check_topic, matches
 from .base import CONSUMER, Message, MessageCallback
 
 _BROKERS: dict[str, MemoryBroker] = {}

@@ -1,6 +1,6 @@
 """``voicebus dlq``: the dead letters retained on the broker (``voicebus/deadLetter/<id>``).
 
-Each subcommand is one call into `voicebus.deadletters`: ``list_dead_letters``,
+Each subcommand is one call into `voicebus.ops.dlq`: ``list_dead_letters``,
 ``replay_dead_letter``, ``purge_dead_letters``.
 """
 
@@ -11,12 +11,12 @@ from typing import Annotated, Any
 
 import typer
 
-from . import cli_output as out
-from . import deadletters
-from .bus import EventBus
-from .cli_support import AsJson, Url, check_url, cli_bus, run
-from .events import Event
-from .transport import resolve_url
+from ..bus import EventBus
+from ..ops import dlq
+from ..transport import resolve_url
+from ..wire.events import Event
+from . import output as out
+from .support import AsJson, Url, check_url, cli_bus, run
 
 dlq_app = typer.Typer(
     help="Dead letters retained on the broker: list, replay, purge.", no_args_is_help=True
@@ -41,7 +41,7 @@ def list_command(url: Url = None, timeout: Timeout = 5.0, as_json: AsJson = Fals
     bus = _bus(url)
 
     async def body() -> list[dict[str, Any]]:
-        return await deadletters.list_dead_letters(bus, timeout)
+        return await dlq.list_dead_letters(bus, timeout)
 
     records: list[dict[str, Any]] = run(body)
     if as_json:
@@ -78,7 +78,7 @@ def replay_command(
 
     async def body() -> Event | None:
         async with bus:
-            return await deadletters.replay_dead_letter(bus, letter_id, timeout)
+            return await dlq.replay_dead_letter(bus, letter_id, timeout)
 
     event: Event | None = run(body)
     if as_json:
@@ -105,7 +105,7 @@ def purge_command(
     bus = _bus(url)
 
     async def body() -> int:
-        return await deadletters.purge_dead_letters(bus, letter_id, timeout)
+        return await dlq.purge_dead_letters(bus, letter_id, timeout)
 
     count: int = run(body)
     if letter_id is not None and count == 0:

@@ -31,10 +31,10 @@ from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from ..status import OFFLINE
-from . import BusURL
-from .base import Message, MessageCallback
-from .mqtt_options import MqttOptions
+from ...wire.status import OFFLINE
+from ..base import Message, MessageCallback
+from ..url import BusURL
+from .options import MqttOptions
 from .properties import MalformedProperties, unpack_publish_properties
 
 log = logging.getLogger("voicebus.mqtt")

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from .events import Event
+from ..wire.events import Event
 
 
 @dataclass

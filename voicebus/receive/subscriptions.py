@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from .events import Event
+from ..wire.events import Event
+from ..wire.topics import check_filter, matches
 from .monitor import HandlerStats
-from .topics import check_filter, matches
 
 Handler = Callable[[Event], Awaitable[Any] | Any]
 EventFilter = Callable[[Event], bool]

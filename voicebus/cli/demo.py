@@ -32,9 +32,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .bus import EventBus
-from .errors import VoicebusError
-from .events import Event, EventType
+from ..bus import EventBus
+from ..errors import DemoError
+from ..wire.events import Event, EventType
+from .support import no_status
 
 E = EventType
 
@@ -61,13 +62,6 @@ SCRIPT: tuple[tuple[str, str], ...] = (
 """What the simulated user says and what the simulated LLM answers."""
 
 WAKEWORD = "hey_voicebus"
-
-BUS_OPTIONS: dict[str, Any] = {"status": False}
-"""Demo services use a fresh client id per run: no retained status left behind."""
-
-
-class DemoError(VoicebusError):
-    """The simulated pipeline stalled (a service did not answer in time)."""
 
 
 @dataclass
@@ -177,7 +171,9 @@ class Service:
         self.name = name
         self.run_id = run_id
         self.engines = engines
-        self.bus = EventBus(url, client_id=f"demo-{name}-{run_id}", component=name, **BUS_OPTIONS)
+        self.bus = EventBus(
+            url, client_id=f"demo-{name}-{run_id}", config=no_status(url), component=name
+        )
 
     def mine(self, event: Event) -> bool:
         return (event.correlation_id or "").startswith(f"demo-{self.run_id}-")
@@ -248,7 +244,7 @@ class Observer:
         self.prefix = f"demo-{run_id}-"
         self.services = {f"demo-{name}-{run_id}": name for name in SERVICES}
         self.bus = EventBus(
-            url, client_id=f"demo-observer-{run_id}", component="observer", **BUS_OPTIONS
+            url, client_id=f"demo-observer-{run_id}", config=no_status(url), component="observer"
         )
         self.seen: dict[str, list[Hop]] = {}
         self._complete: dict[str, asyncio.Event] = {}
@@ -352,9 +348,7 @@ class Demo:
                 f"on {self.wakeword.bus.get_stats()['url']}"
             )
         answer = next(
-            str(h.event.data.get("response"))
-            for h in hops
-            if h.event.type == E.RESPONSE_GENERATED
+            str(h.event.data.get("response")) for h in hops if h.event.type == E.RESPONSE_GENERATED
         )
         return Utterance(self._count, cid, said, answer, hops)
 

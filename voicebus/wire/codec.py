@@ -16,11 +16,11 @@ from typing import Any
 import pydantic
 from pydantic_core import from_json, to_json
 
-from .errors import DecodeError, PayloadValidationError
+from ..errors import DecodeError, PayloadValidationError
+from ..transport.base import Message
 from .events import Event
 from .models import Payload
 from .routes import Route, RouteTable
-from .transport.base import Message
 
 CONTENT_TYPE = "application/json"
 

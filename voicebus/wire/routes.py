@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from ..errors import TopicError, UnknownEventTypeError
 from . import models as m
-from .errors import TopicError, UnknownEventTypeError
 from .events import EventType
 from .topics import TopicTemplate
 
@@ -155,8 +155,7 @@ class RouteTable:
         for other in self._by_type.values():
             if other.event_type != route.event_type and other.filter == route.filter:
                 raise TopicError(
-                    f"topic {route.template.template!r} is already used by "
-                    f"{other.event_type.value}"
+                    f"topic {route.template.template!r} is already used by {other.event_type.value}"
                 )
         if old is not None:
             self._forget(old)

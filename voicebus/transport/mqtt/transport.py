@@ -38,7 +38,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from ..errors import (
+from ...errors import (
     AuthenticationError,
     BrokerUnavailableError,
     BusStateError,
@@ -47,12 +47,12 @@ from ..errors import (
     TLSError,
     TransportError,
 )
-from ..status import OFFLINE, ONLINE
-from ..topics import check_filter, check_topic
-from . import BusURL
-from .base import Message, MessageCallback
-from .mqtt_errors import BROKER_HINT, connect_error, publish_error, subscribe_error
-from .mqtt_link import (
+from ...wire.status import OFFLINE, ONLINE
+from ...wire.topics import check_filter, check_topic
+from ..base import Message, MessageCallback
+from ..url import BusURL
+from .errors import BROKER_HINT, connect_error, publish_error, subscribe_error
+from .link import (
     LinkLost,
     PendingAck,
     enter,
@@ -64,7 +64,7 @@ from .mqtt_link import (
     stop_reading,
     until_lost,
 )
-from .mqtt_options import MqttOptions, tls_context
+from .options import MqttOptions, tls_context
 from .outbox import REQUEUED, Outbox
 from .properties import pack_message_properties
 from .session_filters import SessionFilters

@@ -7,8 +7,8 @@ import logging
 from collections import deque
 from collections.abc import Callable
 
-from ..errors import BackpressureError
-from .base import Message
+from ...errors import BackpressureError
+from ..base import Message
 
 log = logging.getLogger("voicebus.mqtt")
 

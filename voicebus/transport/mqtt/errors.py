@@ -11,7 +11,7 @@ from typing import Any
 import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
 
-from ..errors import (
+from ...errors import (
     AuthenticationError,
     BrokerUnavailableError,
     NotAuthorizedError,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from .events import Event
+from ..wire.events import Event
+from ..wire.topics import matches
 from .subscriptions import EventFilter
-from .topics import matches
 
 
 @dataclass(eq=False)

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .errors import (
+from ..errors import (
     PayloadTooLargeError,
     PayloadValidationError,
     TopicError,
@@ -28,7 +28,7 @@ from .errors import (
     UnknownEventTypeError,
     VoicebusError,
 )
-from .events import Event
+from ..wire.events import Event
 
 if TYPE_CHECKING:
     from .demo import Utterance

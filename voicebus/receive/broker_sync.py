@@ -14,8 +14,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from ..transport import Transport
 from .subscriptions import SubscriptionRegistry
-from .transport import Transport
 
 log = logging.getLogger("voicebus")
 

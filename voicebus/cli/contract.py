@@ -25,8 +25,8 @@ from typing import Annotated, Any
 
 import typer
 
-from .codec import CONTENT_TYPE
-from .routes import ROUTES, Route, RouteTable
+from ..wire.codec import CONTENT_TYPE
+from ..wire.routes import ROUTES, Route, RouteTable
 
 ASYNCAPI_VERSION = "3.0.0"
 MQTT_BINDING_VERSION = "0.2.0"
@@ -152,7 +152,7 @@ def asyncapi(routes: RouteTable | None = None, version: str | None = None) -> di
     """The AsyncAPI 3.0 document of every route, as a plain dict."""
     table = ROUTES if routes is None else routes
     if version is None:
-        from . import __version__
+        from .. import __version__
 
         version = __version__
     channels: dict[str, Any] = {}

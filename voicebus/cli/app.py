@@ -12,10 +12,18 @@ from typing import Annotated
 
 import typer
 
-from . import __version__
-from . import cli_output as out
-from .cli_dlq import dlq_app
-from .cli_support import (
+from .. import __version__
+from ..errors import DemoError
+from ..ops.status import get_statuses
+from ..transport import Message, parse_url, resolve_url
+from ..wire.codec import validate_payload
+from ..wire.events import Event
+from ..wire.routes import ROUTES
+from . import output as out
+from .contract import contract_app, payload_schema
+from .demo import Engines, Utterance, hop_summary, run_demo
+from .dlq import dlq_app
+from .support import (
     MEMORY_NOTE,
     AsJson,
     CorrelationId,
@@ -30,13 +38,6 @@ from .cli_support import (
     stop_on_signals,
     topic_filter,
 )
-from .codec import validate_payload
-from .contract import contract_app, payload_schema
-from .demo import DemoError, Engines, Utterance, hop_summary, run_demo
-from .events import Event
-from .routes import ROUTES
-from .status import get_statuses
-from .transport import Message, parse_url, resolve_url
 
 app = typer.Typer(
     help="voicebus: the voice-assistant event bus over MQTT (or in-process memory://).",
@@ -320,4 +321,3 @@ def demo(
         )
         return
     out.print_demo(runs, hop_summary(runs) if len(runs) > 1 else [])
-

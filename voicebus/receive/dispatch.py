@@ -16,10 +16,10 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from .events import Event
+from ..transport import CONSUMER, Transport
+from ..wire.events import Event
 from .monitor import HandlerStats, Monitor
 from .subscriptions import Subscription, SubscriptionRegistry, handler_name
-from .transport import CONSUMER, Transport
 
 log = logging.getLogger("voicebus")
 

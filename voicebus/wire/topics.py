@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from .errors import TopicError
+from ..errors import TopicError
 
 _FORBIDDEN_IN_PARAMETER = ("/", "+", "#", "\x00")
 MAX_TOPIC_BYTES = 65535

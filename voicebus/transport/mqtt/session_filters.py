@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..topics import matches
-from .base import Message
+from ...wire.topics import matches
+from ..base import Message
 
 _CACHE_LIMIT = 10_000
 """Entries kept in each cache of `SessionFilters` before it starts over."""

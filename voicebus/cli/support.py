@@ -14,14 +14,15 @@ from typing import Annotated, Any, Union, get_args, get_origin
 
 import typer
 
-from . import cli_output as out
-from .bus import EventBus
-from .codec import InvalidMessage, decode
-from .errors import DecodeError
-from .events import Event
-from .routes import ROUTES, Route
-from .topics import check_filter
-from .transport import Message, Transport, open_transport, parse_url
+from ..bus import EventBus
+from ..config import BusConfig
+from ..errors import DecodeError
+from ..transport import Message, Transport, open_transport, parse_url, resolve_url
+from ..wire.codec import InvalidMessage, decode
+from ..wire.events import Event
+from ..wire.routes import ROUTES, Route
+from ..wire.topics import check_filter
+from . import output as out
 
 Url = Annotated[
     str | None,
@@ -141,19 +142,24 @@ def stop_on_signals(stop: asyncio.Event) -> Callable[[], None]:
     return undo
 
 
-CLIENT_OPTIONS: dict[str, Any] = {"status": False}
-"""A one-shot command is no service: it publishes no retained online/offline status."""
+NO_STATUS = BusConfig(status=False)
+
+
+def no_status(url: str | None) -> BusConfig:
+    """Settings of a bus that is no service (a command, a demo stage): it publishes no
+    retained online/offline status (a setting of MQTT buses only)."""
+    return BusConfig() if parse_url(resolve_url(url)).scheme == "memory" else NO_STATUS
 
 
 def cli_bus(url: str) -> EventBus:
     """A bus for one command (no history, no status)."""
-    return EventBus(url, client_id=client_id(), enable_history=False, **CLIENT_OPTIONS)
+    return EventBus(url, client_id=client_id(), config=no_status(url), enable_history=False)
 
 
 async def raw_client(url: str, on_message: Callable[[Message], None]) -> Transport:
     """A bare transport connection: a passive tool sees every message as it is and,
     unlike a bus, never turns bad input into dead letters or ERROR_OCCURRED events."""
-    transport = open_transport(parse_url(url), client_id=client_id(), **CLIENT_OPTIONS)
+    transport = open_transport(parse_url(url), client_id=client_id(), settings=NO_STATUS)
     await transport.connect(on_message)
     return transport
 

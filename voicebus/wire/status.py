@@ -1,4 +1,4 @@
-"""Service status: a retained ``voicebus/status/<clientId>`` of ``online`` / ``offline``.
+"""The status topic: a retained ``voicebus/status/<clientId>`` of ``online`` / ``offline``.
 
 The MQTT transport publishes ``online`` (retained) on every connect, ``offline`` on
 a clean stop, and registers ``offline`` as its Last Will, so the broker publishes
@@ -7,11 +7,6 @@ it when the link dies. Home Assistant's MQTT ``availability`` reads it as is
 """
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .bus import EventBus
 
 STATUS_PREFIX = "voicebus/status/"
 ONLINE = b"online"
@@ -23,14 +18,3 @@ _NOT_IN_A_LEVEL = str.maketrans({"/": "_", "+": "_", "#": "_", "\x00": "_"})
 def status_topic(client_id: str) -> str:
     """The status topic of `client_id` (characters that split a topic level become ``_``)."""
     return STATUS_PREFIX + (client_id.translate(_NOT_IN_A_LEVEL) or "_")
-
-
-async def get_statuses(bus: EventBus, timeout: float = 5.0) -> dict[str, str]:
-    """Every service's retained status on the bus's broker: ``{client_id: "online"}``."""
-    from .deadletters import read_retained
-
-    found = await read_retained(bus, STATUS_PREFIX + "+", timeout=timeout)
-    return {
-        topic[len(STATUS_PREFIX) :]: payload.decode("utf-8", "replace")
-        for topic, payload in found.items()
-    }

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import Message
+from ..base import Message
 
 PAYLOAD_FORMAT = 0x01
 MESSAGE_EXPIRY = 0x02

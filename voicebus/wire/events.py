@@ -98,7 +98,7 @@ def event_type_named(name: str) -> Enum:
     except KeyError:
         from difflib import get_close_matches
 
-        from .errors import UnknownEventTypeError
+        from ..errors import UnknownEventTypeError
 
         close = get_close_matches(name.lower(), [e.value for e in EventType], n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
