@@ -160,9 +160,9 @@ async def test_qos2_message_from_a_peer_reaches_the_handler(mosquitto: Mosquitto
 async def test_a_failing_receiver_does_not_break_the_link(
     mosquitto: Mosquitto, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import voicebus.bus
+    import voicebus.receive.inbound as inbound  # an internal: the decode step fails once
 
-    real_decode = voicebus.bus.decode
+    real_decode = inbound.decode
     calls = 0
 
     def flaky_decode(*args: Any) -> Any:
@@ -172,7 +172,7 @@ async def test_a_failing_receiver_does_not_break_the_link(
             raise RuntimeError("receiver bug")
         return real_decode(*args)
 
-    monkeypatch.setattr(voicebus.bus, "decode", flaky_decode)
+    monkeypatch.setattr(inbound, "decode", flaky_decode)
     async with EventBus(mosquitto.url()) as bus:
         got = Collector()
         bus.subscribe(EventType.TTS_COMPLETED, got)

@@ -23,19 +23,20 @@ from typing import Any
 
 from typing_extensions import Unpack
 
-from . import deadletters
 from .config import CONFIG_FIELDS, BusConfig, BusSettings, check_applies
-from .errors import BusStateError, ConfigError, DecodeError, VoicebusError
+from .deadletters import FailureReporter
+from .errors import BusStateError, ConfigError, VoicebusError
 from .receive.broker_sync import BrokerFilters
 from .receive.dispatch import Dispatcher, Middleware
-from .receive.monitor import Monitor, SeenIds
+from .receive.inbound import Inbound
+from .receive.monitor import Monitor
 from .receive.subscriptions import EventFilter, Handler, Subscription, SubscriptionRegistry
 from .receive.waiters import Waiter, Waiters
 from .transport import BusURL, Message, Transport, open_transport, parse_url, resolve_url
-from .wire.codec import InvalidMessage, decode, encode
+from .wire.codec import encode
 from .wire.events import Event, EventType, event_type_named
 from .wire.models import Payload
-from .wire.routes import PREFIX, ROUTES, SYSTEM_PREFIXES, RouteTable
+from .wire.routes import ROUTES, RouteTable
 
 log = logging.getLogger("voicebus")
 
@@ -77,7 +78,6 @@ class EventBus:
         prefix = uuid.uuid4().hex[:12]
         self.client_id = client_id or f"voicebus-{prefix}"
         self.component = self.config.component
-        max_queue_size = self.config.max_queue_size
         self._routes = routes or ROUTES
         self._counter = itertools.count(1)
         self._id_prefix = prefix
@@ -89,22 +89,35 @@ class EventBus:
         self._subs = SubscriptionRegistry()
         self._filters = BrokerFilters(self._subs)
         self._waiters = Waiters()
-        self._dispatched = SeenIds(10_000)
+        self._failures = FailureReporter(
+            self.monitor,
+            self.client_id,
+            self.url,
+            self.config.max_payload_size,
+            publish=self._publish_quietly,
+            emit_error=self._emit_error,
+        )
         self._dispatcher = Dispatcher(
             self._subs,
             self.monitor,
-            self._handler_failed,
+            self._failures.handler_failed,
             self._remove,
             own_ids=prefix + "-",
-            max_queue_size=max(1, max_queue_size),
+            max_queue_size=max(1, self.config.max_queue_size),
+        )
+        self._inbound = Inbound(
+            self._routes,
+            self.config.max_payload_size,
+            self._inbound_id,
+            self._dispatcher,
+            self._waiters,
+            self.monitor,
+            self._failures.inbound_failure,
         )
         self._transport: Transport | None = None
-        self._acker: Transport | None = None
-        """The transport that acknowledges received messages (`Message.ack`)."""
         self._running = False
         self._stopping = False
         self._start_lock: asyncio.Lock | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # --- lifecycle -------------------------------------------------------------------
@@ -162,16 +175,16 @@ class EventBus:
             if self._running:
                 return
             transport = open_transport(self._url, client_id=self.client_id, settings=self.config)
-            self._acker = transport  # messages may come while it connects
+            self._inbound.acker = transport  # messages may come while it connects
             # With a persistent session, acknowledge a QoS 1 message only after its
             # handlers ran, so a crash in between gets it redelivered. Without one the
             # broker forgets unacknowledged messages anyway, and acknowledging at once
             # keeps the broker's in-flight window (Mosquitto: max_inflight_messages)
             # from stalling a handler that awaits a reply behind a full queue.
             defer = bool(self.config.session_expiry)
-            await transport.connect(self._on_message, defer_acks=defer)
+            await transport.connect(self._inbound.on_message, defer_acks=defer)
             if hasattr(transport, "on_publish_failed"):
-                transport.on_publish_failed = self._publish_failed
+                transport.on_publish_failed = self._failures.publish_failed
             self._transport = transport
             self._loop = asyncio.get_running_loop()
             self._dispatcher.start(transport)
@@ -196,7 +209,7 @@ class EventBus:
         self._stopping = True
         try:
             deadline = time.monotonic() + drain_timeout
-            while (self._dispatcher.busy or self._tasks) and time.monotonic() < deadline:
+            while (self._dispatcher.busy or self._failures.tasks) and time.monotonic() < deadline:
                 await asyncio.sleep(0.001)
             self._running = False
             await self._shutdown()
@@ -204,7 +217,7 @@ class EventBus:
             self._stopping = False
 
     async def _shutdown(self) -> None:
-        for task in list(self._tasks):
+        for task in list(self._failures.tasks):
             task.cancel()
         await self._dispatcher.stop()
         self._filters.reset()
@@ -431,97 +444,7 @@ class EventBus:
         finally:
             self._end_wait(waiter)
 
-    # --- receiving ---------------------------------------------------------------------
-
-    def _on_message(self, message: Message) -> None:
-        """Transport callback: decode, resolve waiters, queue for dispatch.
-
-        A message with an `ack` token is acknowledged here unless it was queued:
-        the dispatcher acknowledges that one once handled (at-least-once).
-        """
-        token = message.ack
-        if token is None:
-            self._receive(message)
-            return
-        queued = False
-        try:
-            queued = self._receive(message)
-        finally:
-            if not queued and self._acker is not None:
-                self._acker.ack(token)
-
-    def _receive(self, message: Message) -> bool:
-        """Decode `message` and queue its event for dispatch; False when not queued
-        (a dead letter, unrouted, a duplicate)."""
-        if len(message.payload) > self.config.max_payload_size and self._routes.match(
-            message.topic
-        ):
-            error = (
-                f"payload of {len(message.payload)} bytes exceeds {self.config.max_payload_size}"
-            )
-            self._inbound_failure(message, "payload_too_large", error, None)
-            return False
-        try:
-            event = decode(message, self._routes, self._inbound_id)
-        except InvalidMessage as exc:
-            self._inbound_failure(message, exc.reason, str(exc), exc.event)
-            return False
-        except DecodeError as exc:
-            topic = message.topic
-            if not topic.startswith(PREFIX):
-                self.monitor.unrouted += 1
-            elif not topic.startswith(SYSTEM_PREFIXES):  # bookkeeping (status, dead letters)
-                self._inbound_failure(message, exc.reason, str(exc), None)
-            return False
-        sids = message.subscription_ids
-        # Ids are unique per source (CloudEvents): a peer counting from 1 after a
-        # restart must not collide with another one's.
-        key = f"{event.source}\x00{event.id}"
-        if self._dispatcher.is_group_copy(sids):
-            # The broker's copy for a group (shared subscription) of this bus: it is
-            # dispatched to that group's handlers only, apart from the plain copy.
-            if not self._dispatched.add(key + "\x00group"):
-                return False
-        else:
-            if not self._dispatched.add(key):
-                return False
-            if len(self._waiters):
-                self._waiters.resolve(event)
-        self._dispatcher.enqueue(event, sids, message.ack)
-        return True
-
-    # --- failures ----------------------------------------------------------------------
-
-    def _handler_failed(self, event: Event, handler: str, exc: Exception, component: str) -> None:
-        record = deadletters.handler_failure(event, handler, exc)
-        log.error("handler %s failed on %s: %s", handler, event.type.value, exc, exc_info=exc)
-        self._dead_letter(record)
-        if event.type != EventType.ERROR_OCCURRED:  # never an error about an error handler
-            self._emit_error(deadletters.error_event_data(record, component), event.correlation_id)
-
-    def _publish_failed(self, message: Message, exc: Exception) -> None:
-        """The broker refused a message sent from the outbox after a reconnect."""
-        if message.topic.startswith(SYSTEM_PREFIXES):  # a refused dead letter or status:
-            log.warning("%s refused %s: %s", self.url, message.topic, exc)  # no new one
-            return
-        self._inbound_failure(message, "publish_refused", str(exc), None)
-
-    def _inbound_failure(
-        self, message: Message, reason: str, error: str, event: Event | None
-    ) -> None:
-        log.warning("dead letter from %s: %s", message.topic, error)
-        record = deadletters.inbound_failure(message, reason, error, event)
-        self._dead_letter(record)
-        if not message.topic.startswith("voicebus/error/"):
-            self._emit_error(deadletters.error_event_data(record, "bus"), None)
-
-    def _dead_letter(self, record: dict[str, Any]) -> None:
-        """Keep `record` in memory and publish it retained to voicebus/deadLetter/<id>."""
-        self.monitor.dead_letter(record)
-        size = self.config.max_payload_size
-        self._spawn(
-            self._publish_quietly(deadletters.dead_letter_message(record, self.client_id, size))
-        )
+    # --- seams for the failure reporter --------------------------------------------------
 
     async def _publish_quietly(self, message: Message) -> None:
         """Publish bookkeeping (a dead letter) in the background; failures only logged."""
@@ -534,19 +457,11 @@ class EventBus:
         except VoicebusError as exc:
             log.warning("could not publish %s: %s", message.topic, exc)
 
-    def _emit_error(self, data: dict[str, Any], correlation_id: str | None) -> None:
-        async def emit() -> None:
-            try:
-                await self.emit(EventType.ERROR_OCCURRED, data, correlation_id=correlation_id)
-            except VoicebusError as exc:
-                log.warning("could not emit ERROR_OCCURRED: %s", exc)
-
-        self._spawn(emit())
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    async def _emit_error(self, data: dict[str, Any], correlation_id: str | None) -> None:
+        try:
+            await self.emit(EventType.ERROR_OCCURRED, data, correlation_id=correlation_id)
+        except VoicebusError as exc:
+            log.warning("could not emit ERROR_OCCURRED: %s", exc)
 
     # --- introspection -----------------------------------------------------------------
 

@@ -23,16 +23,25 @@ publishes it. `voicebus.ops.dlq` reads, replays and purges them from any process
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import logging
 import time
 import uuid
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 
 from pydantic_core import to_json
 
 from .errors import DeadLetterNotFoundError
 from .transport import Message
-from .wire.events import Event
+from .wire.events import Event, EventType
+from .wire.routes import SYSTEM_PREFIXES
+
+if TYPE_CHECKING:
+    from .receive.monitor import Monitor
+
+log = logging.getLogger("voicebus")
 
 DEAD_LETTER_PREFIX = "voicebus/deadLetter/"
 MAX_RECORD_PAYLOAD = 64 * 1024
@@ -40,6 +49,7 @@ MAX_RECORD_PAYLOAD = 64 * 1024
 
 __all__ = [
     "DEAD_LETTER_PREFIX",
+    "FailureReporter",
     "HANDLER_ERROR",
     "MAX_RECORD_PAYLOAD",
     "dead_letter_message",
@@ -168,3 +178,66 @@ def dead_letter_message(record: dict[str, Any], client_id: str, max_payload: int
         keep //= 2
         payload = to_json(record_document(record, client_id, keep))
     return Message(dead_letter_topic(dead_letter_id), payload, 1, True)
+
+
+class FailureReporter:
+    """Turns failures into dead letters and ERROR_OCCURRED events, in the background.
+
+    Each record is kept in the monitor (`EventBus.get_dead_letter_queue`) and
+    published retained through the `publish` seam the bus hands in; an
+    ERROR_OCCURRED event goes out through `emit_error` (never one about an error).
+    """
+
+    def __init__(
+        self,
+        monitor: Monitor,
+        client_id: str,
+        url: str,
+        max_payload: int,
+        *,
+        publish: Callable[[Message], Coroutine[Any, Any, None]],
+        emit_error: Callable[[dict[str, Any], str | None], Coroutine[Any, Any, None]],
+    ) -> None:
+        self._monitor = monitor
+        self._client_id = client_id
+        self._url = url
+        self._max_payload = max_payload
+        self._publish = publish
+        self._emit_error = emit_error
+        self.tasks: set[asyncio.Task[None]] = set()
+        """Background publishes still running (the bus drains them on stop)."""
+
+    def handler_failed(self, event: Event, handler: str, exc: Exception, component: str) -> None:
+        """A handler, filter or middleware raised on `event`."""
+        record = handler_failure(event, handler, exc)
+        log.error("handler %s failed on %s: %s", handler, event.type.value, exc, exc_info=exc)
+        self._dead_letter(record)
+        if event.type != EventType.ERROR_OCCURRED:  # never an error about an error handler
+            self._spawn(self._emit_error(error_event_data(record, component), event.correlation_id))
+
+    def publish_failed(self, message: Message, exc: Exception) -> None:
+        """The broker refused a message sent from the outbox after a reconnect."""
+        if message.topic.startswith(SYSTEM_PREFIXES):  # a refused dead letter or status:
+            log.warning("%s refused %s: %s", self._url, message.topic, exc)  # no new one
+            return
+        self.inbound_failure(message, "publish_refused", str(exc), None)
+
+    def inbound_failure(
+        self, message: Message, reason: str, error: str, event: Event | None
+    ) -> None:
+        """`message` could not become an event (or was refused)."""
+        log.warning("dead letter from %s: %s", message.topic, error)
+        record = inbound_failure(message, reason, error, event)
+        self._dead_letter(record)
+        if not message.topic.startswith("voicebus/error/"):
+            self._spawn(self._emit_error(error_event_data(record, "bus"), None))
+
+    def _dead_letter(self, record: dict[str, Any]) -> None:
+        self._monitor.dead_letter(record)
+        message = dead_letter_message(record, self._client_id, self._max_payload)
+        self._spawn(self._publish(message))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)

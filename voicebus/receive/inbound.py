@@ -1,0 +1,102 @@
+"""The transport callback: size check, decode, de-duplicate, resolve waiters, queue.
+
+Runs on every received message, before any handler (so a handler that awaits
+`wait_for` never deadlocks the bus). What cannot become an event is handed to
+the `failed` callback (a dead letter), counted as unrouted, or ignored
+(bookkeeping topics such as status and dead letters).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..errors import DecodeError
+from ..transport import Message, Transport
+from ..wire.codec import InvalidMessage, decode
+from ..wire.events import Event
+from ..wire.routes import PREFIX, SYSTEM_PREFIXES, RouteTable
+from .dispatch import Dispatcher
+from .monitor import Monitor, SeenIds
+from .waiters import Waiters
+
+InboundFailure = Callable[[Message, str, str, Event | None], None]
+"""``failed(message, reason, error, event)``: record a message that was refused."""
+
+
+class Inbound:
+    """Turns received messages into queued events."""
+
+    def __init__(
+        self,
+        routes: RouteTable,
+        max_payload: int,
+        new_id: Callable[[], str],
+        dispatcher: Dispatcher,
+        waiters: Waiters,
+        monitor: Monitor,
+        failed: InboundFailure,
+    ) -> None:
+        self._routes = routes
+        self._max_payload = max_payload
+        self._new_id = new_id
+        self._dispatcher = dispatcher
+        self._waiters = waiters
+        self._monitor = monitor
+        self._failed = failed
+        self._dispatched = SeenIds(10_000)
+        self.acker: Transport | None = None
+        """The transport that acknowledges received messages (`Message.ack`)."""
+
+    def on_message(self, message: Message) -> None:
+        """Transport callback: decode, resolve waiters, queue for dispatch.
+
+        A message with an `ack` token is acknowledged here unless it was queued:
+        the dispatcher acknowledges that one once handled (at-least-once).
+        """
+        token = message.ack
+        if token is None:
+            self.receive(message)
+            return
+        queued = False
+        try:
+            queued = self.receive(message)
+        finally:
+            if not queued and self.acker is not None:
+                self.acker.ack(token)
+
+    def receive(self, message: Message) -> bool:
+        """Decode `message` and queue its event for dispatch; False when not queued
+        (a dead letter, unrouted, a duplicate)."""
+        limit = self._max_payload
+        if len(message.payload) > limit and self._routes.match(message.topic):
+            error = f"payload of {len(message.payload)} bytes exceeds {limit}"
+            self._failed(message, "payload_too_large", error, None)
+            return False
+        try:
+            event = decode(message, self._routes, self._new_id)
+        except InvalidMessage as exc:
+            self._failed(message, exc.reason, str(exc), exc.event)
+            return False
+        except DecodeError as exc:
+            topic = message.topic
+            if not topic.startswith(PREFIX):
+                self._monitor.unrouted += 1
+            elif not topic.startswith(SYSTEM_PREFIXES):  # bookkeeping (status, dead letters)
+                self._failed(message, exc.reason, str(exc), None)
+            return False
+        sids = message.subscription_ids
+        # Ids are unique per source (CloudEvents): a peer counting from 1 after a
+        # restart must not collide with another one's.
+        key = f"{event.source}\x00{event.id}"
+        if self._dispatcher.is_group_copy(sids):
+            # The broker's copy for a group (shared subscription) of this bus: it is
+            # dispatched to that group's handlers only, apart from the plain copy.
+            if not self._dispatched.add(key + "\x00group"):
+                return False
+        else:
+            if not self._dispatched.add(key):
+                return False
+            if len(self._waiters):
+                self._waiters.resolve(event)
+        self._dispatcher.enqueue(event, sids, message.ack)
+        return True
