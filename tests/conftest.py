@@ -1,15 +1,85 @@
-"""Shared fixtures: a Mosquitto the tests start, and bus URLs for both transports."""
+"""Shared fixtures: a Mosquitto the tests start, and bus URLs for both transports.
+
+Before any test runs, `pytest_collection_modifyitems` checks the programs the
+selected tests need (mosquitto, its clients, node and the contract parser) and
+stops the run with one line naming what to install when one is missing.
+"""
 
 from __future__ import annotations
 
+import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
+from tests import broker as broker_module
 from tests.broker import Mosquitto
 from voicebus import EventBus
+
+ROOT = Path(__file__).resolve().parent.parent
+CONTRACT_PARSER_TEST = "test_contract.py::test_asyncapi_parser_accepts_the_document"
+"""The one test that runs node with @asyncapi/parser (``npm ci``)."""
+_BROKER_FIXTURES = {"mosquitto", "fresh_mosquitto"}
+
+
+def _needs_broker(item: pytest.Item) -> bool:
+    """A test that starts mosquitto: through a fixture, an mqtt `bus_url`, or a module
+    that uses tests/broker.py itself."""
+    if _BROKER_FIXTURES & set(getattr(item, "fixturenames", ())):
+        return True
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None and callspec.params.get("bus_url") == "mqtt":
+        return True
+    module = getattr(item, "module", None)
+    names = vars(module).values() if module is not None else ()
+    return any(
+        value is broker_module or getattr(value, "__module__", None) == broker_module.__name__
+        for value in names
+    )
+
+
+def missing_prerequisites(items: list[pytest.Item]) -> str | None:
+    """One line naming what the selected tests need and this machine lacks, or None."""
+    missing: list[str] = []
+    apt: list[str] = []
+    npm = False
+    if any(_needs_broker(item) for item in items):
+        # The same rule as tests/broker.py: on PATH, else /usr/sbin (not on a user's PATH).
+        if shutil.which(broker_module.MOSQUITTO) is None:
+            missing.append("mosquitto")
+            apt.append("mosquitto")
+        if shutil.which("mosquitto_pub") is None or shutil.which("mosquitto_sub") is None:
+            missing.append("mosquitto_pub/mosquitto_sub")
+        if missing:
+            apt.append("mosquitto-clients")
+    if any(item.nodeid.endswith(CONTRACT_PARSER_TEST) for item in items):
+        if shutil.which("node") is None:
+            missing.append("node")
+            apt += ["nodejs", "npm"]
+            npm = True
+        elif not (ROOT / "node_modules" / "@asyncapi" / "parser").is_dir():
+            missing.append("@asyncapi/parser (node_modules)")
+            npm = True
+    if not missing:
+        return None
+    steps = [f"sudo apt-get install {' '.join(apt)}"] if apt else []
+    if npm:
+        steps.append("npm ci")
+    return (
+        f"{', '.join(missing)} not found; install first: `{' && '.join(steps)}` "
+        "(see README, Two commands)"
+    )
+
+
+def pytest_collection_modifyitems(
+    session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
+) -> None:
+    """Stop at once, with one line, when a program the selected tests need is missing."""
+    message = missing_prerequisites(items)
+    if message is not None:
+        pytest.exit(message, returncode=pytest.ExitCode.USAGE_ERROR)
 
 
 @pytest.fixture(scope="session")
