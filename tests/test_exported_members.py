@@ -30,6 +30,7 @@ def test_names_other_parts_depend_on() -> None:
         "MqttSettings",
         "Message",
         "ConfigError",
+        "run",
     ):
         assert name in voicebus.__all__, name
     assert issubclass(voicebus.PayloadValidationError, voicebus.VoicebusError)

@@ -35,6 +35,7 @@ from .errors import (
     VoicebusError,
 )
 from .receive.subscriptions import Subscription
+from .service import run
 from .singleton import emit_event, subscribe_to_events
 from .transport import Message
 from .wire import models
@@ -80,6 +81,7 @@ __all__ = [
     "emit_event",
     "models",
     "register_route",
+    "run",
     "subscribe_to_events",
     "topic_for",
 ]

@@ -494,3 +494,9 @@ class EventBus:
     def clear_dead_letter_queue(self) -> None:
         """Forget the in-memory dead letters (the broker's copies stay: see `deadletters`)."""
         self.monitor.dead_letters.clear()
+
+    async def run_forever(self) -> None:
+        """Serve until SIGINT/SIGTERM, then stop (drain, ``offline``): `voicebus.service`."""
+        from .service import run_forever
+
+        await run_forever(self)
