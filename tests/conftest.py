@@ -1,6 +1,6 @@
 """Shared fixtures: a Mosquitto the tests start, and bus URLs for both transports.
 
-Before any test runs, `pytest_collection_modifyitems` checks the programs the
+Before any test runs, `pytest_collection_finish` checks the programs the
 selected tests need (mosquitto, its clients, node and the contract parser) and
 stops the run with one line naming what to install when one is missing.
 """
@@ -73,11 +73,10 @@ def missing_prerequisites(items: list[pytest.Item]) -> str | None:
     )
 
 
-def pytest_collection_modifyitems(
-    session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
-) -> None:
-    """Stop at once, with one line, when a program the selected tests need is missing."""
-    message = missing_prerequisites(items)
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Stop at once, with one line, when a program the selected tests need is missing
+    (after ``-k``/``-m``/``--deselect``: only what will run counts)."""
+    message = missing_prerequisites(session.items)
     if message is not None:
         pytest.exit(message, returncode=pytest.ExitCode.USAGE_ERROR)
 

@@ -90,6 +90,16 @@ def test_without_node_the_contract_test_names_node_and_npm_ci(tmp_path: Path) ->
     assert "node not found" in result.stdout + result.stderr
 
 
+def test_a_deselected_contract_test_needs_no_node(tmp_path: Path) -> None:
+    path = bin_dir_with(tmp_path, "mosquitto", "mosquitto_pub", "mosquitto_sub")
+    file = CONTRACT_PARSER_TEST.split("::")[0]
+    parser = f"tests/{CONTRACT_PARSER_TEST}"
+    up_to_date = f"tests/{file}::test_committed_contract_is_up_to_date"
+    result = pytest_without(tmp_path, path, up_to_date, parser, "--deselect", parser)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 passed, 1 deselected" in result.stdout, result.stdout
+
+
 def test_tests_that_need_nothing_run_without_the_programs(tmp_path: Path) -> None:
     path = bin_dir_with(tmp_path)
     plugin = NO_SBIN_PLUGIN.format(missing=str(tmp_path / "usr" / "sbin" / "mosquitto"))
