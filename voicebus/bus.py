@@ -260,6 +260,11 @@ class EventBus:
         Higher `priority` runs first; `filter_func` skips events; `group` shares the
         work between instances (MQTT 5 shared subscription). Returns a handle for
         `unsubscribe`.
+
+        Whatever `handler` or `filter_func` raises, ``asyncio.CancelledError`` and
+        ``GeneratorExit`` included, is recorded as a dead letter plus ERROR_OCCURRED
+        and dispatch goes on; only ``KeyboardInterrupt`` and ``SystemExit`` end the
+        process (see `voicebus.receive.dispatch`).
         """
         if not callable(handler):
             raise TypeError(f"handler must be callable, got {handler!r}")
@@ -316,6 +321,9 @@ class EventBus:
         """Run `middleware(event)` before the handlers (``pre``) or after them (``post``).
 
         A pre middleware may change ``event.metadata``; returning ``False`` drops the event.
+        A pre middleware that raises drops the event too (fails closed: the handlers
+        never see it) and records a dead letter plus ERROR_OCCURRED; a raising post
+        middleware is recorded the same way.
         """
         d = self._dispatcher
         (d.post if post or not pre else d.pre).append(middleware)
