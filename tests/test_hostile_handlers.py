@@ -231,3 +231,24 @@ def test_asyncio_run_ends_with_a_bus_left_running() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "done"
+
+
+@pytest.mark.parametrize("exc_type", [asyncio.CancelledError, GeneratorExit])
+async def test_a_wait_for_filter_that_raises_fails_only_its_own_wait(
+    bus_url: str, exc_type: type[BaseException]
+) -> None:
+    """The predicate runs in the transport callback: on memory:// that is inside the
+    emitter's `publish`. Before, its CancelledError came out of the peer's `emit`."""
+    got = Collector()
+    async with EventBus(bus_url) as bus, EventBus(bus_url) as peer:
+        bus.subscribe(EventType.SPEECH_DETECTED, got)
+        waiting = bus.wait_for(EventType.SPEECH_DETECTED, timeout=5, filter_func=_raiser(exc_type))
+        waiter = asyncio.ensure_future(waiting)
+        await bus.ready()
+        for text in (POISON, "a", "b"):
+            await asyncio.wait_for(peer.emit(EventType.SPEECH_DETECTED, {"text": text}), 5)
+        await got.wait(3)
+        with pytest.raises(exc_type):
+            await asyncio.wait_for(waiter, 5)
+        assert bus.get_stats()["pending_waits"] == 0
+        assert bus.is_running
