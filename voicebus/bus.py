@@ -11,7 +11,6 @@ every setting is in `config`.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import time
 import uuid
@@ -35,6 +34,7 @@ from .receive.waiters import Waiter, Waiters
 from .transport import BusURL, Message, Transport, open_transport, parse_url, resolve_url
 from .wire.codec import encode
 from .wire.events import Event, EventType, event_type_named
+from .wire.ids import RandomIds
 from .wire.models import Payload
 from .wire.routes import ROUTES, RouteTable
 
@@ -79,8 +79,10 @@ class EventBus:
         self.client_id = client_id or f"voicebus-{prefix}"
         self.component = self.config.component
         self._routes = routes or ROUTES
-        self._counter = itertools.count(1)
-        self._id_prefix = prefix
+        self._new_id = RandomIds(prefix + "-")
+        """Ids of events this bus emits: ``<bus prefix>-<16 random hex digits>``."""
+        self._inbound_id = RandomIds(prefix + ".")
+        """Ids for received messages that came without one: ``<bus prefix>.<random>``."""
         self.monitor = Monitor(
             enable_history=self.config.enable_history,
             history_size=self.config.history_size,
@@ -156,14 +158,6 @@ class EventBus:
     @property
     def max_queue_size(self) -> int:
         return self._dispatcher.max_queue_size
-
-    def _new_id(self) -> str:
-        """An id for an event this bus emits (``<bus prefix>-<n>``)."""
-        return f"{self._id_prefix}-{next(self._counter)}"
-
-    def _inbound_id(self) -> str:
-        """An id for a received message that came without one (``<bus prefix>.<n>``)."""
-        return f"{self._id_prefix}.{next(self._counter)}"
 
     async def start(self) -> None:
         """Connect and start dispatching (idempotent)."""
@@ -260,6 +254,11 @@ class EventBus:
         Higher `priority` runs first; `filter_func` skips events; `group` shares the
         work between instances (MQTT 5 shared subscription). Returns a handle for
         `unsubscribe`.
+
+        Whatever `handler` or `filter_func` raises, ``asyncio.CancelledError`` and
+        ``GeneratorExit`` included, is recorded as a dead letter plus ERROR_OCCURRED
+        and dispatch goes on; only ``KeyboardInterrupt`` and ``SystemExit`` end the
+        process (see `voicebus.receive.dispatch`).
         """
         if not callable(handler):
             raise TypeError(f"handler must be callable, got {handler!r}")
@@ -316,6 +315,9 @@ class EventBus:
         """Run `middleware(event)` before the handlers (``pre``) or after them (``post``).
 
         A pre middleware may change ``event.metadata``; returning ``False`` drops the event.
+        A pre middleware that raises drops the event too (fails closed: the handlers
+        never see it) and records a dead letter plus ERROR_OCCURRED; a raising post
+        middleware is recorded the same way.
         """
         d = self._dispatcher
         (d.post if post or not pre else d.pre).append(middleware)

@@ -63,7 +63,7 @@ __all__ = [
 HANDLER_ERROR = "handler_error"
 
 
-def handler_failure(event: Event, handler: str, exc: Exception) -> dict[str, Any]:
+def handler_failure(event: Event, handler: str, exc: BaseException) -> dict[str, Any]:
     """The record of a handler (or middleware, or filter) that raised."""
     return {
         "event": event,
@@ -207,7 +207,9 @@ class FailureReporter:
         self.tasks: set[asyncio.Task[None]] = set()
         """Background publishes still running (the bus drains them on stop)."""
 
-    def handler_failed(self, event: Event, handler: str, exc: Exception, component: str) -> None:
+    def handler_failed(
+        self, event: Event, handler: str, exc: BaseException, component: str
+    ) -> None:
         """A handler, filter or middleware raised on `event`."""
         record = handler_failure(event, handler, exc)
         log.error("handler %s failed on %s: %s", handler, event.type.value, exc, exc_info=exc)

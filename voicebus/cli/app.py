@@ -144,7 +144,13 @@ def listen(
             nonlocal seen
             if stop.is_set():
                 return
-            record = decoder(message)
+            try:
+                record = decoder(message)
+            except Exception as exc:  # shown raw: a message is never skipped in silence
+                problem = f"undecodable: {type(exc).__name__}"
+                record = out.event_record(
+                    None, message.topic, message.payload, message.retain, problem
+                )
             if correlation_id is not None and record["correlation_id"] != correlation_id:
                 return
             try:

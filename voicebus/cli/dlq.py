@@ -6,7 +6,6 @@ Each subcommand is one call into `voicebus.ops.dlq`: ``list_dead_letters``,
 
 from __future__ import annotations
 
-import time
 from typing import Annotated, Any
 
 import typer
@@ -55,7 +54,7 @@ def list_command(url: Url = None, timeout: Timeout = 5.0, as_json: AsJson = Fals
         [
             [
                 str(r.get("id")),
-                time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(r.get("time") or 0))),
+                out.date_time(r.get("time")),
                 str(r.get("reason") or "-"),
                 str(r.get("topic") or "-"),
                 str(r.get("client_id") or "-"),

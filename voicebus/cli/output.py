@@ -179,9 +179,25 @@ def short(value: Any, limit: int = 72) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def _local(timestamp: Any) -> time.struct_time | None:
+    """`timestamp` in local time; None when it is no time at all (NaN, 1e300, text)."""
+    try:
+        return time.localtime(float(timestamp))
+    except (TypeError, ValueError, OverflowError, OSError):
+        return None
+
+
 def clock(timestamp: float) -> str:
-    local = time.localtime(timestamp)
-    return time.strftime("%H:%M:%S", local) + f".{int(timestamp % 1 * 1000):03d}"
+    local = _local(timestamp)
+    if local is None:
+        return "??:??:??.???"
+    return time.strftime("%H:%M:%S", local) + f".{int(float(timestamp) % 1 * 1000):03d}"
+
+
+def date_time(timestamp: Any) -> str:
+    """``YYYY-mm-dd HH:MM:SS`` in local time, or the raw value when it is no time."""
+    local = _local(timestamp)
+    return str(timestamp) if local is None else time.strftime("%Y-%m-%d %H:%M:%S", local)
 
 
 # --- listen --------------------------------------------------------------------------

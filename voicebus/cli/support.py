@@ -18,7 +18,7 @@ from ..bus import EventBus
 from ..config import BusConfig
 from ..errors import DecodeError
 from ..transport import Message, Transport, open_transport, parse_url, resolve_url
-from ..wire.codec import InvalidMessage, decode
+from ..wire.codec import InvalidMessage, correlation_text, decode
 from ..wire.events import Event
 from ..wire.routes import ROUTES, Route
 from ..wire.topics import check_filter
@@ -185,5 +185,5 @@ class Decoder:
             pass
         record = out.event_record(event, message.topic, message.payload, message.retain, problem)
         if event is None and message.correlation_data is not None:
-            record["correlation_id"] = message.correlation_data.decode("utf-8", "replace")
+            record["correlation_id"] = correlation_text(message.correlation_data)
         return record

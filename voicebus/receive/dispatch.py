@@ -4,6 +4,21 @@ The transport callback queues decoded events here; one task takes them out and,
 once an event is handled, acknowledges its message (`Message.ack`) to the transport.
 When `max_queue_size` events wait, the transport is paused (it stops reading the
 socket, so the broker holds the rest) and resumed at half; nothing is dropped.
+
+Nothing a handler, a ``filter_func`` or a middleware raises stops dispatch: any
+exception, ``asyncio.CancelledError`` and ``GeneratorExit`` included, is that
+callable's failure (a dead letter plus ERROR_OCCURRED, through `report_failure`)
+and dispatch goes on with the next subscription and the next event. A raising
+pre middleware drops its event (fails closed): the handlers never see it. Only
+``KeyboardInterrupt`` and ``SystemExit`` pass through: they end the dispatch task
+and, as asyncio re-raises them from the event loop, the process.
+
+A ``CancelledError`` is the bus's own (obeyed: dispatch ends, the event is not
+acknowledged) only when the dispatch task itself was asked to cancel: by `stop`
+(which sets a flag before it cancels) or by anyone calling ``cancel()`` on the
+task, such as ``asyncio.run`` cancelling what is left at exit
+(``Task.cancelling()``). One a handler raised or let through from something it
+awaited, while nobody cancelled the dispatch task, is that handler's failure.
 """
 
 from __future__ import annotations
@@ -24,8 +39,11 @@ from .subscriptions import Subscription, SubscriptionRegistry, handler_name
 log = logging.getLogger("voicebus")
 
 Middleware = Callable[[Event], Any]
-FailureReport = Callable[[Event, str, Exception, str], None]
+FailureReport = Callable[[Event, str, BaseException, str], None]
 """Called as ``report(event, handler_name, exception, component)``."""
+
+_FATAL = (KeyboardInterrupt, SystemExit)
+"""What a handler may raise to end the process: never caught here."""
 
 
 class Dispatcher:
@@ -57,6 +75,8 @@ class Dispatcher:
         self._delivering = False
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        """Set by `stop` before it cancels the task: that cancellation is obeyed."""
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -69,12 +89,14 @@ class Dispatcher:
     def start(self, transport: Transport) -> None:
         self._transport = transport
         self._paused = False
+        self._stopping = False
         self._wakeup = asyncio.Event()
         self._task = asyncio.create_task(self._run(), name="voicebus-dispatch")
 
     async def stop(self) -> None:
         task, self._task = self._task, None
         if task is not None:
+            self._stopping = True
             task.cancel()
             try:
                 await task
@@ -104,7 +126,9 @@ class Dispatcher:
         wakeup = self._wakeup
         assert wakeup is not None
         resume_at = self.max_queue_size // 2
-        while True:
+        task = asyncio.current_task()
+        assert task is not None
+        while not (self._stopping or task.cancelling()):  # even if a handler swallowed it
             if not queue:
                 wakeup.clear()
                 await wakeup.wait()
@@ -124,12 +148,37 @@ class Dispatcher:
             if ack is not None and self._transport is not None:
                 self._transport.ack(ack)
 
+    def _own_cancellation(self) -> bool:
+        """The dispatch task was asked to cancel (by `stop`, or by whoever cancels it)."""
+        if self._stopping:
+            return True
+        task = asyncio.current_task()
+        return task is not None and task.cancelling() > 0
+
+    def _failed(self, event: Event, name: str, exc: BaseException, component: str) -> None:
+        """`name` raised `exc` on `event`: a failure, unless it is the bus's own
+        cancellation or `KeyboardInterrupt` / `SystemExit` (re-raised)."""
+        if isinstance(exc, _FATAL):
+            raise exc
+        if isinstance(exc, asyncio.CancelledError) and self._own_cancellation():
+            raise exc
+        try:
+            self._report(event, name, exc, component)
+        except Exception:  # an exception that cannot even be reported (str() raises)
+            log.exception("could not report the failure of %s on %s", name, event)
+            try:
+                self._report(
+                    event, name, RuntimeError(f"{type(exc).__name__} (unprintable)"), component
+                )
+            except Exception:
+                log.exception("could not report the failure of %s on %s", name, event)
+
     async def _deliver(self, event: Event, sids: tuple[int, ...]) -> None:
         perf = time.perf_counter
         started = perf()
         for middleware in self.pre:
             if await self._run_middleware(middleware, event) is False:
-                return
+                return  # dropped, or failed: fails closed
         registry = self._registry
         group_copy = self.is_group_copy(sids)
         for sub in registry.matching(event.topic):
@@ -144,8 +193,8 @@ class Dispatcher:
                 try:
                     if not sub.filter_func(event):
                         continue
-                except Exception as exc:
-                    self._report(event, sub.name, exc, sub.component)
+                except BaseException as exc:
+                    self._failed(event, sub.name, exc, sub.component)
                     continue
             if sub.once:  # removed before it runs, so it runs once
                 self._remove(sub)
@@ -155,9 +204,9 @@ class Dispatcher:
                 result = sub.handler(event)
                 if result is not None and inspect.isawaitable(result):
                     await result
-            except Exception as exc:
+            except BaseException as exc:
+                self._failed(event, sub.name, exc, sub.component)  # or re-raised
                 stats.error_count += 1
-                self._report(event, sub.name, exc, sub.component)
             stats.call_count += 1
             stats.total_duration += perf() - begin
         for middleware in self.post:
@@ -169,14 +218,15 @@ class Dispatcher:
             monitor.record(event)
 
     async def _run_middleware(self, middleware: Middleware, event: Event) -> Any:
+        """What `middleware` returned; ``False`` when it raised (a failure)."""
         try:
             result = middleware(event)
             if inspect.isawaitable(result):
                 result = await result
             return result
-        except Exception as exc:
-            self._report(event, handler_name(middleware), exc, "bus")
-            return None
+        except BaseException as exc:
+            self._failed(event, handler_name(middleware), exc, "bus")
+            return False
 
     @property
     def handler_stats(self) -> list[HandlerStats]:

@@ -4,6 +4,15 @@ Runs on every received message, before any handler (so a handler that awaits
 `wait_for` never deadlocks the bus). What cannot become an event is handed to
 the `failed` callback (a dead letter), counted as unrouted, or ignored
 (bookkeeping topics such as status and dead letters).
+
+De-duplication: only the same message twice is a duplicate, i.e. the same
+**topic**, source and id (a QoS 1 resend, a persistent session redelivering).
+The same source and id on another topic is another message: a Node-RED flow that
+answers by passing the request's ``msg`` on keeps the request's user properties,
+and a peer that sends another service's ids on its own topics must not make us
+drop that service's events. A message without an id (a peer without MQTT 5
+properties, e.g. Rhasspy) gets a fresh one from `new_id` and is never
+de-duplicated: nothing on the wire says two of them are the same.
 """
 
 from __future__ import annotations
@@ -39,6 +48,8 @@ class Inbound:
         self._routes = routes
         self._max_payload = max_payload
         self._new_id = new_id
+        self._fresh_ids = 0
+        """Ids handed out by `_fresh_id`: tells a decoded message that had no id."""
         self._dispatcher = dispatcher
         self._waiters = waiters
         self._monitor = monitor
@@ -72,8 +83,9 @@ class Inbound:
             error = f"payload of {len(message.payload)} bytes exceeds {limit}"
             self._failed(message, "payload_too_large", error, None)
             return False
+        fresh = self._fresh_ids
         try:
-            event = decode(message, self._routes, self._new_id)
+            event = decode(message, self._routes, self._fresh_id)
         except InvalidMessage as exc:
             self._failed(message, exc.reason, str(exc), exc.event)
             return False
@@ -85,18 +97,30 @@ class Inbound:
                 self._failed(message, exc.reason, str(exc), None)
             return False
         sids = message.subscription_ids
-        # Ids are unique per source (CloudEvents): a peer counting from 1 after a
-        # restart must not collide with another one's.
-        key = f"{event.source}\x00{event.id}"
+        id_less = fresh != self._fresh_ids  # never a duplicate (see the module doc)
         if self._dispatcher.is_group_copy(sids):
             # The broker's copy for a group (shared subscription) of this bus: it is
             # dispatched to that group's handlers only, apart from the plain copy.
-            if not self._dispatched.add(key + "\x00group"):
+            if not id_less and not self._dispatched.add(_message_key("g", event)):
                 return False
         else:
-            if not self._dispatched.add(key):
+            if not id_less and not self._dispatched.add(_message_key("p", event)):
                 return False
             if len(self._waiters):
                 self._waiters.resolve(event)
         self._dispatcher.enqueue(event, sids, message.ack)
         return True
+
+    def _fresh_id(self) -> str:
+        """`new_id`, counted: decode calls it only for a message that has no id."""
+        self._fresh_ids += 1
+        return self._new_id()
+
+
+def _message_key(copy: str, event: Event) -> str:
+    """The de-duplication key of a received message: `copy` (``p`` plain, ``g`` a
+    group's copy), topic, source (absent and empty differ) and id, each length-
+    prefixed so no choice of values can make two different messages one key."""
+    source = event.source
+    size = -1 if source is None else len(source)
+    return f"{copy}{len(event.topic)}:{size}:{event.topic}{source or ''}{event.id}"

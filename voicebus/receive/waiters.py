@@ -51,8 +51,10 @@ class Waiters:
                 continue
             try:
                 accepted = waiter.accepts(event)
-            except Exception as exc:  # a failing predicate fails its own wait only
-                waiter.future.set_exception(exc)
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as exc:  # a failing predicate fails its own wait only,
+                waiter.future.set_exception(exc)  # CancelledError and GeneratorExit too
                 continue
             if accepted:
                 waiter.future.set_result(event)

@@ -4,10 +4,31 @@ Payload: the event data as plain JSON on the route's topic. Envelope: MQTT 5
 properties (user properties ``id``, ``source``, ``type``, ``time``, ``metadata``
 as JSON; the correlation id in Correlation Data), so a peer that only sees topic
 and payload (Home Assistant, Rhasspy) misses nothing it needs.
+
+Decoding treats every envelope value as untrusted:
+
+- ``time`` (seconds since the epoch) counts only when it parses as a finite
+  number in ``(0, MAX_TIME]``. Otherwise (``nan``, ``inf``, ``1e300``, negative,
+  zero, not a number) the event's timestamp is the receive time and
+  ``event.metadata["voicebus.bad_time"]`` (`BAD_TIME`) holds what came, cut to
+  64 characters and escaped to printable ASCII. An absent ``time`` is no problem
+  and leaves no note.
+- Correlation Data is binary on the wire; `correlation_text` turns it into the
+  ``correlation_id`` string without losing anything: a value that is UTF-8 and a
+  plain printable string stays as it is, any other (not UTF-8, control or
+  non-characters, or text that itself looks like the escaped form) becomes
+  ``"b64:"`` + its base64. `correlation_bytes` is the exact inverse, used by
+  `encode`: a reply made with ``correlation_id=event.correlation_id`` carries the
+  original bytes back, and two different values never share one id. (So a
+  correlation id of your own of the form ``b64:<base64>`` stands for those bytes.)
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import math
+import re
 import time
 from collections.abc import Callable, Mapping
 from enum import Enum
@@ -23,6 +44,61 @@ from .models import Payload
 from .routes import Route, RouteTable
 
 CONTENT_TYPE = "application/json"
+
+BAD_TIME = "voicebus.bad_time"
+"""The `Event.metadata` key noting a ``time`` property that was refused (see above)."""
+MAX_TIME = 253402300799.0
+"""The latest ``time`` accepted: 9999-12-31T23:59:59Z (what `datetime` can show)."""
+_B64 = "b64:"
+_NOT_PLAIN = re.compile(
+    "[\x00-\x1f\x7f-\x9f\ufdd0-\ufdef"
+    + "".join(
+        f"{chr(plane | 0xFFFE)}{chr(plane | 0xFFFF)}" for plane in range(0, 0x110000, 0x10000)
+    )
+    + "]"
+)
+"""Code points that are no plain MQTT string: controls and non-characters."""
+
+
+def correlation_text(data: bytes) -> str:
+    """The `Event.correlation_id` for Correlation Data `data` (lossless; see above)."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return _B64 + base64.b64encode(data).decode("ascii")
+    if _NOT_PLAIN.search(text) is None and _escaped(text) is None:
+        return text
+    return _B64 + base64.b64encode(data).decode("ascii")
+
+
+def correlation_bytes(correlation_id: str) -> bytes:
+    """The Correlation Data for `correlation_id`: the inverse of `correlation_text`."""
+    raw = _escaped(correlation_id)
+    return correlation_id.encode() if raw is None else raw
+
+
+def _escaped(text: str) -> bytes | None:
+    """The bytes `text` stands for when it is ``b64:`` + canonical base64 (of at least
+    one byte), else None."""
+    if not text.startswith(_B64) or len(text) == len(_B64):
+        return None
+    body = text[len(_B64) :]
+    try:
+        raw = base64.b64decode(body, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return raw if base64.b64encode(raw).decode("ascii") == body else None
+
+
+def _envelope_time(raw: str | None) -> float | None:
+    """The ``time`` property as a timestamp; None when absent or not sane."""
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except (ValueError, OverflowError):
+        return None
+    return value if math.isfinite(value) and 0.0 < value <= MAX_TIME else None
 
 
 def validate_payload(route: Route, data: Mapping[str, Any] | Payload) -> dict[str, Any]:
@@ -96,7 +172,7 @@ def encode(
         to_json(wire),
         route.qos,
         route.retain,
-        correlation_id.encode() if correlation_id is not None else None,
+        correlation_bytes(correlation_id) if correlation_id is not None else None,
         tuple(props),
         CONTENT_TYPE,
         (),
@@ -141,12 +217,8 @@ def decode(message: Message, routes: RouteTable, new_id: Callable[[], str]) -> E
     props = dict(message.user_properties) if message.user_properties else {}
     event_id = props.get("id", "")
     source = props.get("source")
-    timestamp = 0.0
-    if "time" in props:
-        try:
-            timestamp = float(props["time"])
-        except ValueError:
-            timestamp = 0.0
+    raw_time = props.get("time")
+    timestamp = _envelope_time(raw_time)
     metadata: dict[str, Any] = {}
     if "metadata" in props:
         try:
@@ -155,15 +227,19 @@ def decode(message: Message, routes: RouteTable, new_id: Callable[[], str]) -> E
             parsed = None
         if isinstance(parsed, dict):
             metadata = parsed
+    if timestamp is None:
+        timestamp = time.time()
+        if raw_time is not None:
+            metadata[BAD_TIME] = raw_time[:64].encode("unicode_escape").decode("ascii")
     correlation_id = None
     if message.correlation_data is not None:
-        correlation_id = message.correlation_data.decode("utf-8", "replace")
+        correlation_id = correlation_text(message.correlation_data)
     event = Event(
         route.event_type,
         {},
         event_id or new_id(),
         source,
-        timestamp or time.time(),
+        timestamp,
         correlation_id,
         metadata,
         message.topic,
