@@ -66,12 +66,6 @@ def sentinel(bus: EventBus, *event_types: EventType) -> Collector:
     return last
 
 
-async def listening(bus: EventBus) -> None:
-    """Return once the broker has acknowledged `bus`'s subscriptions (a `wait_for`
-    settles pending subscriptions before it waits; timeout 0 makes it return then)."""
-    assert await bus.wait_for(EventType.HEALTH_CHECK, timeout=0) is None
-
-
 def transcribe_or_fail(event: Event) -> None:
     """A handler that always fails (fills the dead-letter queue, emits ERROR_OCCURRED)."""
     raise RuntimeError("engine offline")
@@ -105,7 +99,7 @@ async def test_quick_start_script(seed_url: str, tmp_path: Path) -> None:
 async def test_convenience_functions(seed_url: str, bus: EventBus, out: Output) -> None:
     observed = Collector()
     bus.subscribe(EventType.WAKE_WORD_DETECTED, observed)
-    await listening(bus)
+    await bus.ready()
 
     await run_block(block("Using Convenience Functions"), namespace())
 
@@ -234,7 +228,7 @@ async def test_service_pipeline(seed_url: str, bus: EventBus) -> None:
     }
     for event_type, collector in seen.items():
         bus.subscribe(event_type, collector)
-    await listening(bus)
+    await bus.ready()
     for service in (STT(), LLM(), TTS()):
         await service.initialize()
     app_bus = await EventBus.get_instance()
@@ -303,7 +297,7 @@ async def test_statistics(bus: EventBus, out: Output) -> None:
 async def test_event_history(bus: EventBus, peer: EventBus, out: Output) -> None:
     """History of events received from another service over the transport."""
     last = sentinel(bus, EventType.SPEECH_DETECTED, EventType.WAKE_WORD_DETECTED)
-    await listening(bus)
+    await bus.ready()
     for n in range(11):
         await peer.emit(EventType.SPEECH_DETECTED, {"text": f"s{n}"})
     await peer.emit(EventType.WAKE_WORD_DETECTED, {"confidence": 0.9})
@@ -354,7 +348,7 @@ async def test_error_monitor(bus: EventBus, out: Output) -> None:
 async def test_request_tracing(seed_url: str, bus: EventBus) -> None:
     got = Collector()
     bus.subscribe(EventType.SPEECH_DETECTED, got)
-    await listening(bus)
+    await bus.ready()
     ns = namespace(data={"text": "what's the weather"})
     await run_block(block("1. Use Correlation IDs for Request Tracing"), ns)
     (event,) = await got.wait(1)
@@ -485,7 +479,7 @@ class FakeDatabase:
         self.sync_saved: list[dict[str, Any]] = []
 
     async def save(self, data: dict[str, Any]) -> None:
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # part of the test: an async save that yields
         self.saved.append(data)
 
     def sync_save(self, data: dict[str, Any]) -> None:
