@@ -19,15 +19,21 @@ MARKER = EventType.SYSTEM_STOPPED
 
 
 class Collector:
-    """A named handler that records the events it gets; a test can wait for a count."""
+    """A named handler that records the events it gets; a test can wait for a count.
 
-    def __init__(self, name: str = "collector") -> None:
+    `log`, a list shared by several collectors, gets the collector's name on each
+    call: the order in which the handlers ran.
+    """
+
+    def __init__(self, name: str = "collector", log: list[str] | None = None) -> None:
         self.__name__ = self.__qualname__ = name
         self.events: list[Event] = []
+        self.log = log if log is not None else []
         self._changed = asyncio.Event()
 
     def __call__(self, event: Event) -> None:
         self.events.append(event)
+        self.log.append(self.__name__)
         self._changed.set()
 
     async def wait(self, count: int, timeout: float = 5.0) -> list[Event]:

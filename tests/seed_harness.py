@@ -163,30 +163,6 @@ class Output:
         return self.text
 
 
-class Recorder:
-    """A named callable that records its calls (sync or async flavour)."""
-
-    def __init__(self, name: str, log: list[str] | None = None) -> None:
-        self.__name__ = self.__qualname__ = name
-        self.calls: list[Any] = []
-        self.log = log if log is not None else []
-        self._changed = asyncio.Event()
-
-    def __call__(self, *args: Any) -> None:
-        self.calls.append(args[0] if len(args) == 1 else args)
-        self.log.append(self.__name__)
-        self._changed.set()
-
-    async def wait(self, count: int, timeout: float = 5.0) -> list[Any]:
-        async def until() -> None:
-            while len(self.calls) < count:
-                self._changed.clear()
-                await self._changed.wait()
-
-        await asyncio.wait_for(until(), timeout)
-        return self.calls
-
-
 async def when_waiting(bus: EventBus, then: Callable[[], Any], timeout: float = 5.0) -> None:
     """Run `then()` once `bus` has a pending `wait_for` (a responder for the guide's
     emit-then-wait examples: the answer comes after the question is listened for)."""
