@@ -19,8 +19,9 @@ from tests.broker import Mosquitto, free_port
 from tests.helpers import Collector, eventually
 from voicebus import Event, EventBus, EventType
 from voicebus.cli.app import app
-from voicebus.cli.support import build_payload, event_type_named
+from voicebus.cli.support import build_payload, routed_event_type
 from voicebus.ops.dlq import list_dead_letters
+from voicebus.wire.events import event_type_named
 from voicebus.wire.routes import ROUTES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -458,7 +459,7 @@ def test_publish_on_memory_validates_and_prints_the_event(runner: CliRunner) -> 
 
 
 def test_key_value_pairs() -> None:
-    route = ROUTES.get(event_type_named("speech_detected"))
+    route = ROUTES.get(routed_event_type("speech_detected"))
     payload = build_payload(
         route,
         '{"text": "base", "siteId": "a"}',
@@ -475,8 +476,9 @@ def test_key_value_pairs() -> None:
 
 
 def test_event_type_names_are_forgiving() -> None:
-    assert event_type_named("Speech-Detected") is EventType.SPEECH_DETECTED
-    assert event_type_named("TTS_COMPLETED") is EventType.TTS_COMPLETED
+    for named in (routed_event_type, event_type_named):  # the CLI's and the bus's: one rule
+        assert named("Speech-Detected") is EventType.SPEECH_DETECTED
+        assert named("TTS_COMPLETED") is EventType.TTS_COMPLETED
 
 
 def test_dlq_usage_errors(runner: CliRunner) -> None:
