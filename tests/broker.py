@@ -105,7 +105,7 @@ class Mosquitto:
                         pending.discard(port)
             if time.monotonic() > deadline:
                 raise RuntimeError(f"mosquitto did not listen: {self.log.read_text()[-2000:]}")
-            time.sleep(0.02)
+            time.sleep(0.02)  # the poll interval of this deadline loop (sync code)
         return self
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:

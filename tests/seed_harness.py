@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import voicebus
+from tests.helpers import eventually
 from voicebus import Event, EventBus
 
 GUIDE = Path(__file__).resolve().parent / "seed" / "SEED-GUIDE.md"
@@ -152,49 +153,23 @@ class Output:
 
     async def wait_for(self, needle: str, count: int = 1, timeout: float = 5.0) -> str:
         """Wait until `needle` was printed `count` times; the output so far."""
-        deadline = time.monotonic() + timeout
-        while self.count(needle) < count:
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"{needle!r} printed {self.count(needle)} time(s), expected {count}; "
-                    f"output was:\n{self.text}"
-                )
-            await asyncio.sleep(0.005)
+        try:
+            await eventually(lambda: self.count(needle) >= count, timeout)
+        except AssertionError:
+            raise AssertionError(
+                f"{needle!r} printed {self.count(needle)} time(s), expected {count}; "
+                f"output was:\n{self.text}"
+            ) from None
         return self.text
-
-
-class Recorder:
-    """A named callable that records its calls (sync or async flavour)."""
-
-    def __init__(self, name: str, log: list[str] | None = None) -> None:
-        self.__name__ = self.__qualname__ = name
-        self.calls: list[Any] = []
-        self.log = log if log is not None else []
-        self._changed = asyncio.Event()
-
-    def __call__(self, *args: Any) -> None:
-        self.calls.append(args[0] if len(args) == 1 else args)
-        self.log.append(self.__name__)
-        self._changed.set()
-
-    async def wait(self, count: int, timeout: float = 5.0) -> list[Any]:
-        async def until() -> None:
-            while len(self.calls) < count:
-                self._changed.clear()
-                await self._changed.wait()
-
-        await asyncio.wait_for(until(), timeout)
-        return self.calls
 
 
 async def when_waiting(bus: EventBus, then: Callable[[], Any], timeout: float = 5.0) -> None:
     """Run `then()` once `bus` has a pending `wait_for` (a responder for the guide's
     emit-then-wait examples: the answer comes after the question is listened for)."""
-    deadline = time.monotonic() + timeout
-    while bus.get_stats()["pending_waits"] == 0:
-        if time.monotonic() > deadline:
-            raise AssertionError("the example never called wait_for")
-        await asyncio.sleep(0.005)
+    try:
+        await eventually(lambda: bus.get_stats()["pending_waits"] > 0, timeout)
+    except AssertionError:
+        raise AssertionError("the example never called wait_for") from None
     result = then()
     if asyncio.iscoroutine(result):
         await result

@@ -3,6 +3,10 @@
 A subscriber that dies between receiving an event and handling it gets the event
 again from its persistent session; PUBACKs go out in the order the PUBLISH
 packets came, and never on a connection other than the one they belong to.
+
+About internals: PUBACKs are observed where paho sends them (its private
+`_send_puback`), the ack tokens where the transport hands them to the bus, and the
+link is broken through paho's socket.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import paho.mqtt.client as paho_mqtt
 import pytest
 
 from tests.broker import Mosquitto
-from tests.helpers import Collector
+from tests.helpers import Collector, eventually, marker
 from voicebus import Event, EventBus, EventType
 from voicebus.transport import Message
 from voicebus.transport.mqtt.link import Acks, PendingAck
@@ -32,8 +36,10 @@ SUBSCRIBER = """
 import asyncio, sys
 from voicebus import EventBus, EventType
 
-async def main(url, client_id, block_at):
+async def main(url, client_id, block_at, last):
     bus = EventBus(url, client_id=client_id, session_expiry=3600)
+    # resolved on receipt, before the handler (blocked at block_at) gets to it
+    received = bus.wait_for(EventType.SPEECH_DETECTED, filter_func=lambda e: e.data["text"] == last)
 
     async def handler(event):
         text = event.data["text"]
@@ -46,29 +52,23 @@ async def main(url, client_id, block_at):
     await bus.start()
     await bus.ready()
     print("ready", flush=True)
+    await received
+    print("received", last, flush=True)
     await asyncio.Event().wait()
 
 asyncio.run(main(*sys.argv[1:]))
 """
 
 
-async def _until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise TimeoutError
-        await asyncio.sleep(0.01)
-
-
-async def _line(proc: asyncio.subprocess.Process, expected: str, timeout: float = 10.0) -> None:
-    """Read the subscriber's output up to the line `expected`."""
+async def _lines(proc: asyncio.subprocess.Process, *expected: str, timeout: float = 10.0) -> None:
+    """Read the subscriber's output until it has printed every line in `expected`."""
     assert proc.stdout is not None
-    while True:
+    missing = set(expected)
+    while missing:
         line = await asyncio.wait_for(proc.stdout.readline(), timeout)
         if not line:
-            raise AssertionError(f"subscriber exited before printing {expected!r}")
-        if line.decode().strip() == expected:
-            return
+            raise AssertionError(f"subscriber exited before printing {sorted(missing)}")
+        missing.discard(line.decode().strip())
 
 
 async def test_events_whose_handlers_had_not_finished_come_back_after_a_crash(
@@ -79,15 +79,21 @@ async def test_events_whose_handlers_had_not_finished_come_back_after_a_crash(
     url = mosquitto.url()
     client_id = f"crash-{uuid.uuid4().hex[:8]}"
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", SUBSCRIBER, url, client_id, "e2", stdout=asyncio.subprocess.PIPE
+        sys.executable,
+        "-c",
+        SUBSCRIBER,
+        url,
+        client_id,
+        "e2",
+        "e5",
+        stdout=asyncio.subprocess.PIPE,
     )
     try:
-        await _line(proc, "ready")
+        await _lines(proc, "ready")
         async with EventBus(url) as pub:
             for i in range(6):
                 await pub.emit(EventType.SPEECH_DETECTED, {"text": f"e{i}"})
-        await _line(proc, "start e2")
-        await asyncio.sleep(0.3)  # e3..e5 reach the subscriber's queue
+        await _lines(proc, "start e2", "received e5")  # e3..e5 in the subscriber's queue
     finally:
         if proc.returncode is None:
             proc.send_signal(signal.SIGKILL)
@@ -97,11 +103,7 @@ async def test_events_whose_handlers_had_not_finished_come_back_after_a_crash(
     back = EventBus(url, client_id=client_id, session_expiry=3600)
     back.subscribe(EventType.SPEECH_DETECTED, got)
     async with back:
-        try:
-            await got.wait(4, timeout=5)
-        except TimeoutError:
-            pass
-        await got.settle(0.2)
+        await marker(back)  # queued after what the session holds
     assert [e.data["text"] for e in got.events] == ["e2", "e3", "e4", "e5"]
 
 
@@ -109,7 +111,7 @@ async def test_events_whose_handlers_had_not_finished_come_back_after_a_crash(
 def pubacks(monkeypatch: pytest.MonkeyPatch) -> list[tuple[paho_mqtt.Client, int]]:
     """Every PUBACK sent in this process: (paho client, packet id)."""
     sent: list[tuple[paho_mqtt.Client, int]] = []
-    original = paho_mqtt.Client._send_puback
+    original = paho_mqtt.Client._send_puback  # an internal: where paho sends a PUBACK
 
     def record(self: paho_mqtt.Client, mid: int) -> Any:
         sent.append((self, mid))
@@ -131,6 +133,13 @@ def _spy(bus: EventBus) -> list[PendingAck]:
 
     bus._inbound.on_message = spy  # type: ignore[method-assign]
     return tokens
+
+
+def _paho(bus: EventBus) -> paho_mqtt.Client:
+    """The paho client of `bus`'s link (an internal: PUBACKs are counted per client)."""
+    transport = bus.transport
+    assert isinstance(transport, MqttTransport) and transport._paho is not None
+    return transport._paho
 
 
 def _blocking(release: asyncio.Event, handled: list[str]) -> Callable[[Event], Any]:
@@ -166,19 +175,20 @@ async def test_pubacks_wait_for_an_earlier_message_still_in_its_handler(
         )
         await pub.publish_message(again)
         await pub.publish_message(Message(slow.topic, b"{not json", 1, False))
-        await _until(lambda: len(tokens) == 3 and bool(bus.get_dead_letter_queue()))
-        await asyncio.sleep(0.1)
+        await eventually(
+            lambda: len(tokens) == 3 and bool(bus.get_dead_letter_queue()) and bool(handled)
+        )
         assert handled == ["slow"]
         assert [t.done for t in tokens] == [False, True, True]
         assert pubacks == []  # the two dropped ones wait behind slow
 
         release.set()
-        await _until(lambda: len(pubacks) == 3)
-        paho = bus._transport._paho  # type: ignore[union-attr]
+        await eventually(lambda: len(pubacks) == 3)
+        paho = _paho(bus)
         assert pubacks == [(paho, t.mid) for t in tokens]
 
         await pub.emit(EventType.SPEECH_DETECTED, {"text": "next"})
-        await _until(lambda: len(pubacks) == 4)
+        await eventually(lambda: len(pubacks) == 4)
         assert pubacks[3] == (paho, tokens[3].mid)
     assert handled == ["slow", "next"]
 
@@ -200,24 +210,24 @@ async def test_acks_of_a_lost_connection_are_not_sent_on_the_next(
     async with bus, EventBus(url) as pub:
         await bus.ready()
         await pub.emit(EventType.SPEECH_DETECTED, {"text": "slow"})
-        await _until(lambda: handled == ["slow"])
-        transport = bus._transport
+        await eventually(lambda: handled == ["slow"])
+        transport = bus.transport
         assert isinstance(transport, MqttTransport)
-        old = transport._paho
+        old = transport._paho  # an internal: the paho client of this link
         assert old is not None
         sock = old.socket()
         assert sock is not None
         sock.shutdown(socket.SHUT_RDWR)  # type: ignore[union-attr]
         # slow is resent on the new connection (maybe read with its CONNACK)
-        await _until(lambda: len(tokens) == 2 and transport._paho is not None)
+        await eventually(lambda: len(tokens) == 2 and transport._paho is not None)
         new = transport._paho
         assert new is not None and new is not old
         assert tokens[1].mid == tokens[0].mid and tokens[1].done
-        await _until(lambda: len(pubacks) == 1)
+        await eventually(lambda: len(pubacks) == 1)
         assert pubacks == [(new, tokens[1].mid)]
 
         release.set()
-        await asyncio.sleep(0.2)
+        await eventually(lambda: tokens[0].done)  # handled: its PUBACK would be sent now
         assert pubacks == [(new, tokens[1].mid)]  # none for the old connection
         assert handled == ["slow"]
 
@@ -225,7 +235,8 @@ async def test_acks_of_a_lost_connection_are_not_sent_on_the_next(
     back = EventBus(url, client_id=client_id, **options)
     back.subscribe(EventType.SPEECH_DETECTED, got)
     async with back:
-        assert await got.settle(0.3) == []
+        await marker(back)  # a resent slow would have come before it
+        assert got.events == []
 
 
 class _FakePaho:
@@ -265,9 +276,9 @@ async def test_without_a_persistent_session_acks_go_out_at_once(
     async with bus, EventBus(url) as pub:
         await bus.ready()
         await pub.emit(EventType.SPEECH_DETECTED, {"text": "slow"})
-        await _until(lambda: handled == ["slow"])
-        receiver = bus._transport._paho  # type: ignore[union-attr]
-        await _until(lambda: any(client is receiver for client, _ in pubacks))
+        await eventually(lambda: handled == ["slow"])
+        receiver = _paho(bus)
+        await eventually(lambda: any(client is receiver for client, _ in pubacks))
         release.set()
 
 
@@ -293,5 +304,5 @@ async def test_a_handler_awaiting_a_reply_behind_a_full_queue_gets_it(tmp_path: 
             for i in range(30):
                 await pub.emit(EventType.SPEECH_DETECTED, {"text": f"n{i}"})
             await pub.emit(EventType.MODEL_LOADED, {"model": "m"})
-            await _until(lambda: bool(got), timeout=8)
+            await eventually(lambda: bool(got), timeout=8)
         assert got[0] is not None and got[0].data["model"] == "m"

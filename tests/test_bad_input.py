@@ -3,7 +3,6 @@ keeps running. Oversize emits fail at once instead of hanging."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 import uuid
@@ -12,9 +11,10 @@ import aiomqtt
 import pytest
 
 from tests.broker import Mosquitto
-from tests.helpers import Collector
+from tests.helpers import Collector, eventually
 from voicebus import EventBus, EventType, PayloadTooLargeError
 from voicebus.ops.dlq import list_dead_letters
+from voicebus.transport.mqtt.transport import MqttTransport
 
 BAD_INPUT = {  # topic, payload -> reason
     "non_json": ("hermes/asr/textCaptured", b"hello there", "invalid_json"),
@@ -38,23 +38,21 @@ async def test_bad_input_becomes_dead_letters_with_reasons(mosquitto: Mosquitto)
         bus.subscribe("voicebus/#", got)
         bus.subscribe(EventType.SPEECH_DETECTED, speech)
         bus.subscribe(EventType.ERROR_OCCURRED, errors)
-        await asyncio.sleep(0.05)
+        await bus.ready()
         async with aiomqtt.Client(
             "127.0.0.1", mosquitto.port, protocol=aiomqtt.ProtocolVersion.V5
         ) as raw:  # a peer that sends garbage
             for topic, payload, _ in BAD_INPUT.values():
                 await raw.publish(topic, payload, qos=1)
-        for _ in range(200):
-            if len(bus.get_dead_letter_queue()) >= len(BAD_INPUT):
-                break
-            await asyncio.sleep(0.01)
+        await eventually(lambda: len(bus.get_dead_letter_queue()) >= len(BAD_INPUT))
         local = {(d["topic"], d["reason"]) for d in bus.get_dead_letter_queue()}
         assert local == {(topic, reason) for topic, _, reason in BAD_INPUT.values()}
-        for _ in range(100):
-            remote = await list_dead_letters(bus, client_id=client_id)
-            if len(remote) >= len(BAD_INPUT):
-                break
-            await asyncio.sleep(0.02)
+
+        async def all_retained() -> list[dict[str, object]] | None:
+            found = await list_dead_letters(bus, client_id=client_id)
+            return found if len(found) >= len(BAD_INPUT) else None
+
+        remote = await eventually(all_retained)
         assert {(r["topic"], r["reason"]) for r in remote} == local
         schema = next(r for r in remote if r["reason"] == "validation")
         assert "text" in schema["error"]
@@ -90,5 +88,5 @@ async def test_oversize_emit_fails_at_once(
         await bus.emit(EventType.SPEECH_DETECTED, {"text": "small"})
         (event,) = await got.wait(1)
         assert event.data["text"] == "small"
-        assert bus._transport is not None
-        assert bus._transport.reconnects == 0  # type: ignore[attr-defined]
+        assert isinstance(bus.transport, MqttTransport)
+        assert bus.transport.reconnects == 0

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import Collector
+from tests.helpers import Collector, eventually, marker
 from voicebus import (
     Event,
     EventBus,
@@ -26,7 +26,7 @@ async def test_priorities_and_overlapping_filters_each_once(bus: EventBus) -> No
     done = Collector()
 
     async def slow_high(event: Event) -> None:
-        await asyncio.sleep(0.02)  # must finish before lower priorities start
+        await asyncio.sleep(0.02)  # part of the test: slow, and still done before the rest
         order.append("high")
 
     bus.subscribe("hermes/#", lambda e: order.append("all-hermes"), priority=1)
@@ -35,11 +35,11 @@ async def test_priorities_and_overlapping_filters_each_once(bus: EventBus) -> No
     bus.subscribe(EventType.WAKE_WORD_DETECTED, lambda e: order.append("type-a"))
     bus.subscribe(EventType.WAKE_WORD_DETECTED, lambda e: order.append("type-b"))
     bus.subscribe("#", done, priority=-100)
-    await bus.emit(EventType.WAKE_WORD_DETECTED, {"confidence": 0.95})
+    sent = await bus.emit(EventType.WAKE_WORD_DETECTED, {"confidence": 0.95})
     await done.wait(1)
-    await done.settle(0.1)
+    stop = await marker(bus)  # a second copy would have come before it (`done` sees both)
     assert order == ["high", "filter", "all-hermes", "type-a", "type-b"]
-    assert len(done.events) == 1
+    assert [e.id for e in done.events] == [sent.id, stop.id]
 
 
 async def test_sync_and_async_handlers_get_typed_events(bus: EventBus) -> None:
@@ -92,7 +92,7 @@ async def test_filter_func_once_and_unsubscribe(bus: EventBus) -> None:
     assert bus.unsubscribe(handle) == 1
     assert bus.unsubscribe(high) == 1
     await bus.emit(EventType.SPEECH_DETECTED, {"text": "y", "confidence": 0.99})
-    await asyncio.sleep(0.1)
+    await marker(bus)  # "y" came before it, if at all
     assert len(every.events) == 2 and len(high.events) == 1
 
 
@@ -119,7 +119,7 @@ async def test_concurrent_waits_get_their_own_correlated_events(
         )
 
     peer.subscribe(EventType.MODEL_DOWNLOAD_STARTED, responder)
-    await asyncio.sleep(0.05)
+    await peer.ready()
     a = bus.wait_for(EventType.MODEL_DOWNLOAD_COMPLETED, timeout=5, correlation_id="a")
     b = bus.wait_for(EventType.MODEL_DOWNLOAD_COMPLETED, timeout=5, correlation_id="b")
     await bus.emit(EventType.MODEL_DOWNLOAD_STARTED, {"model": "B"}, correlation_id="b")
@@ -155,7 +155,7 @@ async def test_handler_may_await_wait_for_without_deadlock(bus: EventBus, peer: 
 
     peer.subscribe(EventType.RESPONSE_GENERATING, llm)
     bus.subscribe(EventType.SPEECH_DETECTED, asks)
-    await asyncio.sleep(0.05)
+    await peer.ready()
     await bus.emit(EventType.SPEECH_DETECTED, {"text": "hi"})
     (reply,) = await answers.wait(1)
     assert reply is not None and reply.data["response"] == "HI"
@@ -178,7 +178,8 @@ async def test_failing_handler_dead_letter_and_error_event(bus: EventBus) -> Non
     await bus.emit(EventType.TTS_STARTED, {"text": "hi", "sessionId": "s1"})
     await after.wait(1)
     (error,) = await errors.wait(1)
-    await errors.settle(0.2)
+    await eventually(lambda: len(bus.get_dead_letter_queue()) == 2)  # the monitor failed
+    await marker(bus)  # an ERROR_OCCURRED about it would have come before it
     assert len(errors.events) == 1  # no ERROR_OCCURRED for a failing ERROR_OCCURRED handler
     assert error.topic == "voicebus/error/bus"
     assert error.data["error"] == "boom"
@@ -206,7 +207,8 @@ async def test_invalid_emit_raises_naming_the_field_and_publishes_nothing(bus: E
         await bus.emit("speech_detectd", {"text": "x"})
     with pytest.raises(TopicError):
         await bus.emit(EventType.WAKE_WORD_DETECTED, {"wakewordId": "a/b"})
-    assert await everything.settle(0.15) == []
+    stop = await marker(bus)  # anything published would have come before it
+    assert [e.id for e in everything.events] == [stop.id]
 
 
 @pytest.mark.parametrize(
@@ -224,10 +226,7 @@ async def test_invalid_inbound_message_is_a_dead_letter(
     handler = Collector()
     bus.subscribe(EventType.SPEECH_DETECTED, handler)
     await bus.publish_message(Message("hermes/asr/textCaptured", payload))
-    for _ in range(100):
-        if bus.get_dead_letter_queue():
-            break
-        await asyncio.sleep(0.01)
+    await eventually(bus.get_dead_letter_queue)
     (letter,) = bus.get_dead_letter_queue()
     assert letter["reason"] == reason
     assert letter["topic"] == "hermes/asr/textCaptured"
@@ -243,11 +242,8 @@ async def test_unknown_topics_outside_and_inside_our_prefix(bus: EventBus) -> No
     bus.subscribe("#", Collector())
     await bus.publish_message(Message("zigbee2mqtt/lamp", b'{"state": "ON"}'))
     await bus.publish_message(Message("voicebus/nothing/here", b"{}"))
-    for _ in range(100):
-        if bus.get_dead_letter_queue():
-            break
-        await asyncio.sleep(0.01)
-    await asyncio.sleep(0.05)
+    await eventually(bus.get_dead_letter_queue)
+    await marker(bus)  # a second dead letter would have come before it
     letters = bus.get_dead_letter_queue()
     assert [(d["topic"], d["reason"], d["event"]) for d in letters] == [
         ("voicebus/nothing/here", "unknown_topic", None)
@@ -280,10 +276,11 @@ async def test_middleware_pre_enriches_or_drops_post_runs_after(bus: EventBus) -
     await bus.emit(EventType.HEALTH_CHECK, {"status": "ok"})
     await bus.emit(EventType.SYSTEM_STARTED)
     (event,) = await got.wait(1)
-    await got.settle(0.1)
+    stop = await marker(bus)  # a second copy would have come before it (`handler` sees both)
+    assert [e.id for e in got.events] == [event.id, stop.id]
     assert event.type is EventType.SYSTEM_STARTED
     assert event.metadata["received_at"] == 1.0
-    assert calls == ["pre", "pre", "handler", "post"]
+    assert calls == ["pre", "pre", "handler", "post", "pre", "handler", "post"]  # + the marker
 
 
 async def test_history_and_stats_count_each_event_once(bus: EventBus) -> None:
@@ -293,11 +290,16 @@ async def test_history_and_stats_count_each_event_once(bus: EventBus) -> None:
         await bus.emit(EventType.SPEECH_DETECTED, {"text": str(i)})
     await bus.emit(EventType.MODEL_LOADED, {"model": "m"})  # no subscriber: counted on emit
     await got.wait(3)
-    await asyncio.sleep(0.05)
+    await marker(bus)  # a copy counted twice would have come before it; the marker counts too
     stats = bus.get_stats()
-    assert stats["metrics"]["total_events"] == 4
-    assert stats["metrics"]["events_by_type"] == {"speech_detected": 3, "model_loaded": 1}
-    (handler_stat,) = stats["handler_stats"]
+    assert stats["metrics"]["total_events"] == 4 + 1
+    assert stats["metrics"]["events_by_type"] == {
+        "speech_detected": 3,
+        "model_loaded": 1,
+        "system_stopped": 1,
+    }
+    handler_stat, marker_stat = stats["handler_stats"]
+    assert marker_stat["handler"] == "marker"
     assert handler_stat["call_count"] == 3 and handler_stat["average_duration"] >= 0
     history = bus.get_event_history()
     assert [e.type for e in history].count(EventType.SPEECH_DETECTED) == 3
@@ -308,7 +310,7 @@ async def test_history_and_stats_count_each_event_once(bus: EventBus) -> None:
 async def test_two_services_talk_and_topic_params_round_trip(bus: EventBus, peer: EventBus) -> None:
     got = Collector()
     peer.subscribe(EventType.WAKE_WORD_DETECTED, got)
-    await asyncio.sleep(0.05)
+    await peer.ready()
     await bus.emit(EventType.WAKE_WORD_DETECTED, {"wakewordId": "porcupine", "siteId": "kitchen"})
     (event,) = await got.wait(1)
     assert event.topic == "hermes/hotword/porcupine/detected"
@@ -326,7 +328,7 @@ async def test_backpressure_delivers_everything_in_order(bus_url: str) -> None:
         done = asyncio.Event()
 
         async def slow(event: Event) -> None:
-            await asyncio.sleep(0.001)
+            await asyncio.sleep(0.001)  # part of the test: a slow handler fills the queue
             got.append(event.data["progress"])
             if len(got) == 200:
                 done.set()
@@ -361,19 +363,21 @@ async def test_request_with_invalid_payload_leaves_no_pending_wait(bus: EventBus
 async def test_handlers_may_emit_while_stop_drains(bus_url: str) -> None:
     bus = EventBus(bus_url)
     replies = Collector()
+    answering = asyncio.Event()
 
     async def answer(event: Event) -> None:
-        await asyncio.sleep(0.05)  # still running when stop() begins
+        answering.set()
+        await asyncio.sleep(0.05)  # part of the test: still running when stop() begins
         await bus.emit(EventType.RESPONSE_GENERATED, {"response": "late"})
 
     bus.subscribe(EventType.RESPONSE_GENERATING, answer)
     bus.subscribe(EventType.RESPONSE_GENERATED, replies)
     await bus.start()
     await bus.emit(EventType.RESPONSE_GENERATING, {"prompt": "p"})
-    await asyncio.sleep(0.01)
+    await asyncio.wait_for(answering.wait(), 5)
     await bus.stop()
     assert not bus.is_running
-    assert bus._transport is None
+    assert bus.transport is None
     assert [e.data["response"] for e in replies.events] == ["late"]
 
 
@@ -395,11 +399,11 @@ async def test_a_wait_cancelled_before_it_starts_leaves_nothing_behind(bus: Even
     del task
     import gc
 
-    for _ in range(100):  # the loop drops its last references to the task, then gc
-        await asyncio.sleep(0.001)
+    def collected() -> bool:  # once the loop drops its last references to the task
         gc.collect()
-        if bus.get_stats()["pending_waits"] == 0:
-            break
+        return bool(bus.get_stats()["pending_waits"] == 0)
+
+    await eventually(collected)
     assert bus.get_stats()["pending_waits"] == 0
     assert await asyncio.wait_for(bus.wait_for(EventType.MODEL_LOADED, timeout=0.01), 1) is None
     assert bus.get_stats()["pending_waits"] == 0
@@ -412,5 +416,5 @@ async def test_same_id_from_two_sources_is_two_events(bus: EventBus) -> None:
         props = (("id", "1"), ("source", source), ("type", "health_check"))
         await bus.publish_message(Message("voicebus/system/health", b"{}", 1, False, None, props))
     await got.wait(2)
-    await got.settle(0.1)
+    await marker(bus)  # the repeat would have come before it
     assert [e.source for e in got.events] == ["sensor-a", "sensor-b"]

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests.broker import Mosquitto
-from tests.helpers import Collector
+from tests.helpers import Collector, eventually
 from voicebus import Event, EventBus, EventType
 from voicebus.errors import DeadLetterNotFoundError
 from voicebus.ops.dlq import (
@@ -25,12 +25,12 @@ from voicebus.transport import Message
 
 async def _records(bus: EventBus, count: int, timeout: float = 5.0) -> list[dict[str, Any]]:
     """This bus's dead letters on the broker, once there are `count` of them."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
+
+    async def retained() -> list[dict[str, Any]] | None:
         records = await list_dead_letters(bus, client_id=bus.client_id)
-        if len(records) >= count or asyncio.get_running_loop().time() > deadline:
-            return records
-        await asyncio.sleep(0.02)
+        return records if len(records) >= count else None
+
+    return await eventually(retained, timeout, interval=0.02)
 
 
 class Flaky:

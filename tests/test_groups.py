@@ -6,16 +6,12 @@ import asyncio
 import contextlib
 from collections import Counter
 
-from tests.helpers import Collector
+from tests.helpers import Collector, eventually, marker
 from voicebus import EventBus, EventType
 
 
 async def _wait_total(collectors: list[Collector], n: int, timeout: float = 10.0) -> None:
-    async def until() -> None:
-        while sum(len(c.events) for c in collectors) < n:
-            await asyncio.sleep(0.01)
-
-    await asyncio.wait_for(until(), timeout)
+    await eventually(lambda: sum(len(c.events) for c in collectors) >= n, timeout)
 
 
 async def test_three_workers_in_a_group_split_300_events(bus_url: str) -> None:
@@ -33,7 +29,7 @@ async def test_three_workers_in_a_group_split_300_events(bus_url: str) -> None:
         )
         await _wait_total(handled, 300)
         await monitor.wait(300)
-        await asyncio.sleep(0.2)  # a duplicate would arrive by now
+        await marker(pub, *workers, pub)  # a duplicate would have come before it
         texts = Counter(e.data["text"] for got in handled for e in got.events)
         assert len(texts) == 300 and set(texts.values()) == {1}
         assert all(len(got.events) >= 50 for got in handled), [len(g.events) for g in handled]
@@ -55,7 +51,7 @@ async def test_a_bus_with_a_group_and_a_plain_subscription_runs_both(bus_url: st
             await pub.emit(EventType.SPEECH_DETECTED, {"text": f"e{i}"})
         await _wait_total([work_a, work_b], 20)
         await log_a.wait(20)
-        await asyncio.sleep(0.2)
+        await marker(pub, a, b)  # nothing more comes
         assert len(log_a.events) == 20
         assert len(work_a.events) + len(work_b.events) == 20
         assert work_a.events and work_b.events

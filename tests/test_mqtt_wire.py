@@ -13,9 +13,10 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from tests.broker import Mosquitto
-from tests.helpers import Collector
+from tests.helpers import Collector, eventually
 from voicebus import EventBus, EventType
 from voicebus.transport.mqtt.properties import pack_publish_properties, unpack_publish_properties
+from voicebus.transport.mqtt.transport import MqttTransport
 
 
 async def mosquitto_pub(broker: Mosquitto, topic: str, payload: str, *extra: str) -> None:
@@ -67,15 +68,16 @@ async def test_voicebus_publishes_plain_json_on_the_mapped_topic(mosquitto: Mosq
     )
     try:
         async with EventBus(mosquitto.url(), client_id="wake-1") as bus:
-            for _ in range(100):  # until mosquitto_sub's subscription is in place
+
+            async def received() -> bool:  # once mosquitto_sub's subscription is in place
                 await bus.emit(
                     EventType.WAKE_WORD_DETECTED,
                     {"wakewordId": "porcupine", "confidence": 0.95},
                     correlation_id="utt-1",
                 )
-                if sub.poll() is not None:
-                    break
-                await asyncio.sleep(0.05)
+                return sub.poll() is not None
+
+            await eventually(received, timeout=10, interval=0.05)
         out, _ = sub.communicate(timeout=10)
     finally:
         sub.kill()
@@ -180,4 +182,5 @@ async def test_a_failing_receiver_does_not_break_the_link(
         await bus.emit(EventType.TTS_COMPLETED, {"id": "b"})
         (event,) = await got.wait(1)
         assert event.data["id"] == "b" and calls == 2
-        assert bus._transport.reconnects == 0  # type: ignore[union-attr]
+        assert isinstance(bus.transport, MqttTransport)
+        assert bus.transport.reconnects == 0

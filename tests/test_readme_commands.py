@@ -28,8 +28,11 @@ import pytest
 import yaml
 
 from tests.broker import CONFIGS, Mosquitto
+from tests.helpers import eventually
 from tests.test_cli import Background, cli_env, voicebus
 from voicebus import EventBus, EventType
+from voicebus.errors import DeadLetterNotFoundError
+from voicebus.ops.dlq import get_dead_letter
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -105,18 +108,27 @@ class Session:
         async def make() -> str:
             async with EventBus(self.url) as bus:
                 bus.subscribe(EventType.SPEECH_DETECTED, lambda event: None)
-                await bus.request(EventType.HEALTH_CHECK, {}, EventType.HEALTH_CHECK, 5)
+                await bus.ready()
                 before = {r.get("id") for r in bus.get_dead_letter_queue()}
                 mosquitto_pub(self.broker, "hermes/asr/textCaptured", '{"no": "text"}')
-                for _ in range(250):
-                    new = [r for r in bus.get_dead_letter_queue() if r.get("id") not in before]
-                    if new:
-                        await asyncio.sleep(0.1)  # its retained publish
-                        return str(new[0]["id"])
-                    await asyncio.sleep(0.02)
-            raise AssertionError("no dead letter was recorded")
+
+                def recorded() -> list[dict[str, Any]]:
+                    return [r for r in bus.get_dead_letter_queue() if r.get("id") not in before]
+
+                new = str((await eventually(recorded))[0]["id"])
+                await eventually(lambda: retained(bus, new))  # its retained publish
+                return new
 
         return asyncio.run(make())
+
+
+async def retained(bus: EventBus, dead_letter_id: str) -> bool:
+    """The dead letter is on the broker."""
+    try:
+        await get_dead_letter(bus, dead_letter_id)
+    except DeadLetterNotFoundError:
+        return False
+    return True
 
 
 def mosquitto_pub(broker: Mosquitto, topic: str, payload: str) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.broker import CONFIGS, Mosquitto
-from tests.helpers import Collector
+from tests.helpers import Collector, eventually
 from voicebus import (
     AuthenticationError,
     EventBus,
@@ -24,6 +24,7 @@ from voicebus import (
     NotAuthorizedError,
     TLSError,
 )
+from voicebus.transport.mqtt.transport import MqttTransport
 
 PASSWORDS = {"admin": "admin-test-pw", "stt": "stt-test-pw", "llm": "llm-test-pw"}
 
@@ -96,7 +97,6 @@ async def test_wrong_password_is_an_authentication_error_at_start(secure: Secure
         await bus.start()
     assert time.perf_counter() - started < 3
     assert not bus.is_running
-    await asyncio.sleep(0.1)
     assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("voicebus-mqtt")]
 
 
@@ -137,19 +137,15 @@ async def test_acl_denied_publish_from_the_outbox_becomes_a_dead_letter(secure: 
     async with EventBus(
         secure.url("stt"), client_id="stt-4", ca_file=str(secure.ca), reconnect_delay=0.02
     ) as bus:
+        transport = bus.transport
+        assert isinstance(transport, MqttTransport)
         await asyncio.to_thread(secure.broker.stop)
         try:
-            for _ in range(500):
-                if not bus._transport.connected:  # type: ignore[union-attr]
-                    break
-                await asyncio.sleep(0.01)
+            await eventually(lambda: not transport.connected)
             await bus.emit(EventType.TTS_STARTED, {"text": "queued, then refused"})
         finally:
             await asyncio.to_thread(secure.broker.start)
-        for _ in range(500):
-            if bus.get_dead_letter_queue():
-                break
-            await asyncio.sleep(0.01)
+        await eventually(bus.get_dead_letter_queue)
         (letter,) = bus.get_dead_letter_queue()
         assert letter["reason"] == "publish_refused"
         assert letter["topic"] == "voicebus/tts/sayStarted"

@@ -27,7 +27,6 @@ from tests.seed_harness import (
     OUR_IMPORT,
     SEED_IMPORT,
     Output,
-    Recorder,
     block,
     compile_block,
     guide_blocks,
@@ -66,12 +65,6 @@ def sentinel(bus: EventBus, *event_types: EventType) -> Collector:
     return last
 
 
-async def listening(bus: EventBus) -> None:
-    """Return once the broker has acknowledged `bus`'s subscriptions (a `wait_for`
-    settles pending subscriptions before it waits; timeout 0 makes it return then)."""
-    assert await bus.wait_for(EventType.HEALTH_CHECK, timeout=0) is None
-
-
 def transcribe_or_fail(event: Event) -> None:
     """A handler that always fails (fills the dead-letter queue, emits ERROR_OCCURRED)."""
     raise RuntimeError("engine offline")
@@ -105,7 +98,7 @@ async def test_quick_start_script(seed_url: str, tmp_path: Path) -> None:
 async def test_convenience_functions(seed_url: str, bus: EventBus, out: Output) -> None:
     observed = Collector()
     bus.subscribe(EventType.WAKE_WORD_DETECTED, observed)
-    await listening(bus)
+    await bus.ready()
 
     await run_block(block("Using Convenience Functions"), namespace())
 
@@ -234,7 +227,7 @@ async def test_service_pipeline(seed_url: str, bus: EventBus) -> None:
     }
     for event_type, collector in seen.items():
         bus.subscribe(event_type, collector)
-    await listening(bus)
+    await bus.ready()
     for service in (STT(), LLM(), TTS()):
         await service.initialize()
     app_bus = await EventBus.get_instance()
@@ -276,7 +269,7 @@ async def test_service_pipeline(seed_url: str, bus: EventBus) -> None:
 
 
 async def test_statistics(bus: EventBus, out: Output) -> None:
-    speech_counter = Recorder("speech_counter")
+    speech_counter = Collector("speech_counter")
     bus.subscribe(EventType.SPEECH_DETECTED, speech_counter)
     await bus.emit(EventType.SPEECH_DETECTED, {"text": "one"})
     await bus.emit(EventType.SPEECH_DETECTED, {"text": "two"})
@@ -303,7 +296,7 @@ async def test_statistics(bus: EventBus, out: Output) -> None:
 async def test_event_history(bus: EventBus, peer: EventBus, out: Output) -> None:
     """History of events received from another service over the transport."""
     last = sentinel(bus, EventType.SPEECH_DETECTED, EventType.WAKE_WORD_DETECTED)
-    await listening(bus)
+    await bus.ready()
     for n in range(11):
         await peer.emit(EventType.SPEECH_DETECTED, {"text": f"s{n}"})
     await peer.emit(EventType.WAKE_WORD_DETECTED, {"confidence": 0.9})
@@ -354,7 +347,7 @@ async def test_error_monitor(bus: EventBus, out: Output) -> None:
 async def test_request_tracing(seed_url: str, bus: EventBus) -> None:
     got = Collector()
     bus.subscribe(EventType.SPEECH_DETECTED, got)
-    await listening(bus)
+    await bus.ready()
     ns = namespace(data={"text": "what's the weather"})
     await run_block(block("1. Use Correlation IDs for Request Tracing"), ns)
     (event,) = await got.wait(1)
@@ -364,7 +357,7 @@ async def test_request_tracing(seed_url: str, bus: EventBus) -> None:
 
 
 async def test_filters_for_selective_processing(bus: EventBus) -> None:
-    process = Recorder("process")
+    process = Collector("process")
     await run_block(
         block("2. Use Filters for Selective Processing"), namespace(bus=bus, process=process)
     )
@@ -376,27 +369,27 @@ async def test_filters_for_selective_processing(bus: EventBus) -> None:
     ):
         await bus.emit(EventType.SPEECH_DETECTED, data)
     await last.wait(3)
-    assert [e.data["text"] for e in process.calls] == ["high"]
+    assert [e.data["text"] for e in process.events] == ["high"]
     assert bus.get_dead_letter_queue() == []
 
 
 async def test_priorities_wisely(bus: EventBus) -> None:
     order: list[str] = []
     # subscribed before the example's handlers, so only priorities can put them after
-    bus.subscribe(EventType.SPEECH_DETECTED, Recorder("between", order), priority=25)
-    error_observer = Recorder("error_observer", order)
+    bus.subscribe(EventType.SPEECH_DETECTED, Collector("between", order), priority=25)
+    error_observer = Collector("error_observer", order)
     bus.subscribe(EventType.ERROR_OCCURRED, error_observer)
 
     def fail_on_wake(event: Event) -> None:
         raise ValueError("no wake word engine")
 
     bus.subscribe(EventType.WAKE_WORD_DETECTED, fail_on_wake)
-    critical = Recorder("critical_error_handler", order)
-    logger = Recorder("logger", order)
+    critical = Collector("critical_error_handler", order)
+    logger = Collector("logger", order)
     ns = namespace(
         bus=bus,
         critical_error_handler=critical,
-        speech_processor=Recorder("speech_processor", order),
+        speech_processor=Collector("speech_processor", order),
         logger=logger,
     )
     await run_block(block("3. Use Priorities Wisely"), ns)
@@ -409,13 +402,13 @@ async def test_priorities_wisely(bus: EventBus) -> None:
     await bus.emit(EventType.WAKE_WORD_DETECTED, {"confidence": 0.9})
     await error_observer.wait(1)
     assert order == ["critical_error_handler", "error_observer"]
-    assert critical.calls[0].data["error"] == "no wake word engine"
+    assert critical.events[0].data["error"] == "no wake word engine"
 
 
 async def test_clean_up_resources(seed_url: str) -> None:
     app_bus = await EventBus.get_instance()
     await app_bus.start()
-    my_handler = Recorder("my_handler")
+    my_handler = Collector("my_handler")
     app_bus.subscribe(EventType.SPEECH_DETECTED, my_handler)
     await app_bus.emit(EventType.SPEECH_DETECTED, {"text": "hi"})
     await my_handler.wait(1)
@@ -485,7 +478,7 @@ class FakeDatabase:
         self.sync_saved: list[dict[str, Any]] = []
 
     async def save(self, data: dict[str, Any]) -> None:
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # part of the test: an async save that yields
         self.saved.append(data)
 
     def sync_save(self, data: dict[str, Any]) -> None:
@@ -511,7 +504,7 @@ async def test_async_and_sync_handlers(bus: EventBus) -> None:
 async def test_migration_examples(bus: EventBus) -> None:
     """Old-style subscribe/emit plus `once` and `wait_for` (no timeout: a TTS service
     answers once the example waits)."""
-    handler = Recorder("handler")
+    handler = Collector("handler")
     ns = namespace(bus=bus, handler=handler)
     tts = asyncio.create_task(
         when_waiting(bus, lambda: bus.emit(EventType.TTS_COMPLETED, {"id": "say-1"}))
@@ -528,7 +521,10 @@ async def test_migration_examples(bus: EventBus) -> None:
     await bus.emit(EventType.MODEL_LOADED, {"model": "llama"})
     await bus.emit(EventType.MODEL_LOADED, {"model": "gemma"})
     await last.wait(2)
-    assert [e.type for e in handler.calls] == [EventType.WAKE_WORD_DETECTED, EventType.MODEL_LOADED]
+    assert [e.type for e in handler.events] == [
+        EventType.WAKE_WORD_DETECTED,
+        EventType.MODEL_LOADED,
+    ]
 
 
 # --- the guide itself ------------------------------------------------------------------

@@ -9,6 +9,7 @@ import uuid
 import aiomqtt
 
 from tests.broker import Mosquitto
+from tests.helpers import eventually
 from voicebus import EventBus
 from voicebus.ops.status import get_statuses
 from voicebus.transport.mqtt.transport import MqttTransport
@@ -25,12 +26,11 @@ async def _watch(port: int, topic: str, seen: list[str], ready: asyncio.Event) -
 
 
 async def _until(seen: list[str], expected: list[str], timeout: float = 5.0) -> None:
-    async def poll() -> None:
-        while seen != expected:
-            assert seen == expected[: len(seen)], seen
-            await asyncio.sleep(0.01)
+    def reached() -> bool:
+        assert seen == expected[: len(seen)], seen
+        return seen == expected
 
-    await asyncio.wait_for(poll(), timeout)
+    await eventually(reached, timeout)
 
 
 async def test_online_will_on_link_loss_online_again_offline_on_stop(
@@ -46,8 +46,9 @@ async def test_online_will_on_link_loss_online_again_offline_on_stop(
         async with bus:
             await _until(seen, ["online"])
             assert (await get_statuses(bus))[client_id] == "online"
-            transport = bus._transport
+            transport = bus.transport
             assert isinstance(transport, MqttTransport) and transport._paho is not None
+            # An internal: the link breaks under paho (no DISCONNECT), so the Will is sent.
             transport._paho.socket().shutdown(socket.SHUT_RDWR)  # type: ignore[union-attr]
             await _until(seen, ["online", "offline", "online"])  # Last Will, then back
             assert transport.reconnects == 1

@@ -72,7 +72,7 @@ async def test_bad_parameter_refused_before_publishing(item: tuple[Route, str], 
         seen = Collector()
         bus.subscribe("#", seen)
         published: list[str] = []
-        transport = bus._transport
+        transport = bus.transport
         assert transport is not None
         original = transport.publish
 

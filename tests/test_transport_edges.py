@@ -1,6 +1,11 @@
 """Edges of the MQTT transport's lifecycle, over a real Mosquitto: stopping with
 publishes in flight, a broker that stops acknowledging, a connect that fails half
-way, a failed transport, the broker's packet size limit, a clean close by the broker."""
+way, a failed transport, the broker's packet size limit, a clean close by the broker.
+
+These tests are about the transport's internals: they read its private state (what
+is in flight, the outbox, the session filters, the paho client) and break its link
+through paho's socket, which no public API offers (nor should).
+"""
 
 from __future__ import annotations
 
@@ -9,13 +14,13 @@ import signal
 import socket
 import traceback
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.broker import Mosquitto
+from tests.helpers import eventually
 from voicebus import PayloadTooLargeError
 from voicebus.errors import BrokerUnavailableError, TransportError
 from voicebus.transport import Message, parse_url
@@ -26,14 +31,6 @@ from voicebus.transport.mqtt.transport import MqttOptions, MqttTransport
 def _transport(broker: Mosquitto, **options: Any) -> MqttTransport:
     client_id = f"edge-{uuid.uuid4().hex[:8]}"
     return MqttTransport(parse_url(broker.url()), MqttOptions(client_id=client_id, **options))
-
-
-async def _until(condition: Callable[[], bool], timeout: float = 3.0) -> None:
-    async def poll() -> None:
-        while not condition():
-            await asyncio.sleep(0.005)
-
-    await asyncio.wait_for(poll(), timeout)
 
 
 def _freeze(broker: Mosquitto) -> None:
@@ -49,7 +46,7 @@ def _thaw(broker: Mosquitto) -> None:
 
 def _stop_on_connack(transport: MqttTransport, broker: Mosquitto) -> list[bool]:
     """Freeze `broker` right after the next CONNACK `transport` reads; the list
-    gets an entry when that happened."""
+    gets an entry when that happened (an internal: the transport's CONNACK hook)."""
     frozen: list[bool] = []
     connack = transport._connack
 
@@ -84,10 +81,14 @@ async def test_close_waits_for_the_puback_of_a_publish_in_flight(
     try:
         _freeze(broker)
         publishing = asyncio.ensure_future(transport.publish(Message("vb/edge/a", b"x")))
-        await _until(lambda: len(transport._inflight) == 1)
+        await eventually(lambda: len(transport._inflight) == 1)
         closing = asyncio.ensure_future(transport.close())
+        await eventually(lambda: transport._closing)
+        # Part of the test: the broker stays silent for a while, and close() keeps
+        # waiting for the PUBACK (a close that gave up would have failed the publish).
         await asyncio.sleep(0.2)
         assert not closing.done()  # waiting for the PUBACK
+        assert not publishing.done()
         _thaw(broker)
         await asyncio.wait_for(closing, 3)
         assert publishing.done(), "a publish outlived close()"
@@ -105,9 +106,9 @@ async def test_a_publish_in_flight_fails_at_once_when_the_link_drops_during_clos
     try:
         _freeze(broker)
         publishing = asyncio.ensure_future(transport.publish(Message("vb/edge/b", b"x")))
-        await _until(lambda: len(transport._inflight) == 1)
+        await eventually(lambda: len(transport._inflight) == 1)
         closing = asyncio.ensure_future(transport.close())
-        await asyncio.sleep(0.1)
+        await eventually(lambda: transport._closing)  # the link drops during close()
         _break_link(transport)
         with pytest.raises(TransportError, match="closed before the broker acknowledged"):
             await asyncio.wait_for(publishing, 2)
@@ -125,18 +126,21 @@ async def test_a_transport_connected_again_after_close_starts_afresh(
     await transport.connect(got.append)
     await transport.subscribe("vb/edge/old/#", 1)
     await transport.publish(Message("vb/edge/old/x", b"first"))
-    await _until(lambda: len(got) == 1)
+    await eventually(lambda: len(got) == 1)
     await transport.close()
     assert not transport._outbox._recent  # nothing to send again on the next link
 
     await transport.connect(got.append)
+    assert transport._filters.ids == {}
     peer = _transport(broker, status=False)
     await peer.connect(lambda m: None)
     try:
+        await transport.subscribe("vb/edge/marker", 2)
         await peer.publish(Message("vb/edge/old/x", b"second"))
-        await asyncio.sleep(0.3)
-        assert [m.payload for m in got] == [b"first"]  # the old filter is gone
-        assert transport._filters.ids == {}
+        await peer.publish(Message("vb/edge/marker", b"marker"))  # delivered in order
+        await eventually(lambda: len(got) >= 2)
+        assert [m.payload for m in got] == [b"first", b"marker"]  # the old filter is gone
+        assert transport._filters.ids == {"vb/edge/marker": 2}
     finally:
         await peer.close()
         await transport.close()
@@ -165,15 +169,15 @@ async def test_flush_without_pubacks_drops_the_link_and_keeps_the_messages(
     frozen = _stop_on_connack(transport, broker)
     try:
         _break_link(transport)
-        await _until(lambda: not transport.connected)
+        await eventually(lambda: not transport.connected)
         await transport.publish(Message("vb/edge/stall", b"queued"))
         assert transport.outbox_size == 1
-        await _until(lambda: bool(frozen))  # reconnected; the flush gets no PUBACK
+        await eventually(lambda: bool(frozen))  # reconnected; the flush gets no PUBACK
         # Within publish_timeout the link is given up, the message back in the outbox.
-        await _until(lambda: not transport.connected and transport.outbox_size == 1)
+        await eventually(lambda: not transport.connected and transport.outbox_size == 1)
         _thaw(broker)
-        await _until(lambda: transport.connected and transport.outbox_size == 0)
-        await _until(lambda: bool(got))
+        await eventually(lambda: transport.connected and transport.outbox_size == 0)
+        await eventually(lambda: bool(got))
         assert {m.payload for m in got} == {b"queued"}
     finally:
         _thaw(broker)
@@ -201,7 +205,7 @@ async def test_a_connect_that_fails_while_resuming_closes_its_client(
     _stop_on_connack(transport, broker)  # the status gets no PUBACK
     try:
         connecting = asyncio.ensure_future(transport.connect(lambda m: None))
-        await _until(lambda: len(transport._inflight) == 1)  # announcing
+        await eventually(lambda: len(transport._inflight) == 1)  # announcing
         if how == "link lost":
             _break_link(transport)
             with pytest.raises(BrokerUnavailableError):
@@ -228,7 +232,7 @@ async def test_a_failed_transport_raises_a_fresh_error_each_time(
     transport = _transport(broker, status=False, reconnect=False)
     await transport.connect(lambda m: None)
     await asyncio.to_thread(broker.stop)
-    await _until(lambda: transport._failed is not None)
+    await eventually(lambda: transport._failed is not None)
     errors: list[TransportError] = []
     for _ in range(3):
         with pytest.raises(TransportError) as caught:
@@ -260,14 +264,14 @@ async def test_queued_message_over_the_broker_packet_limit_becomes_a_dead_letter
         try:
             assert transport._broker_max_packet == 2000
             _break_link(transport)
-            await _until(lambda: not transport.connected)
+            await eventually(lambda: not transport.connected)
             # The payload fits the payload limit (broker limit less overhead), the
             # packet with its long topic does not: only the outbox lets it through.
             topic = "vb/edge/big/" + "t" * 60
             await transport.publish(Message(topic, b"x" * 1950))
             await transport.publish(Message("vb/edge/big/small", b"fits"))
             assert transport.outbox_size == 2
-            await _until(lambda: bool(got))
+            await eventually(lambda: bool(got))
             assert [m.payload for m in got] == [b"fits"]
             assert transport.connected and transport.reconnects == 1
             ((message, error),) = failed
@@ -296,7 +300,7 @@ async def test_without_reconnect_a_clean_close_by_the_broker_says_so(
     paho._in_packet["command"] = 0xE0
     paho._in_packet["packet"] = bytearray()
     paho._handle_disconnect()
-    await _until(lambda: transport._failed is not None)
+    await eventually(lambda: transport._failed is not None)
     with pytest.raises(TransportError) as caught:
         await transport.publish(Message("vb/edge/c", b"x"))
     assert "None" not in str(caught.value)

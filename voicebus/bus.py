@@ -146,6 +146,13 @@ class EventBus:
         return self._url
 
     @property
+    def transport(self) -> Transport | None:
+        """The open connection (``None`` while stopped); on MQTT an `MqttTransport`,
+        whose ``connected``, ``reconnects``, ``session_present`` and ``outbox_size``
+        tell how the link is doing."""
+        return self._transport
+
+    @property
     def routes(self) -> RouteTable:
         """The route table this bus encodes and decodes with."""
         return self._routes

@@ -22,7 +22,14 @@ class TopicError(VoicebusError, ValueError):
 
 
 class UnknownEventTypeError(VoicebusError, LookupError):
-    """No route is registered for an event type or topic."""
+    """No route is registered for an event type or topic.
+
+    `suggestions` holds close event type names (a "did you mean"), when there are any.
+    """
+
+    def __init__(self, message: str, suggestions: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.suggestions = suggestions or []
 
 
 class DecodeError(VoicebusError):

@@ -32,8 +32,8 @@ from .support import (
     build_payload,
     check_url,
     cli_bus,
-    event_type_named,
     raw_client,
+    routed_event_type,
     run,
     stop_on_signals,
     topic_filter,
@@ -92,7 +92,7 @@ def publish(
     """Validate and publish one event, like EventBus.emit."""
     bus_url = resolve_url(url)
     with out.reported_errors():
-        etype = event_type_named(event_type)
+        etype = routed_event_type(event_type)
         route = ROUTES.get(etype)
         payload = build_payload(route, data, fields or [])
         validate_payload(route, payload)

@@ -225,7 +225,7 @@ class Tts(Service):
         await self.emit(E.TTS_COMPLETED, event, id=event.data.get("id", ""))
 
 
-class Playback(Service):
+class Player(Service):
     def __init__(self, url: str, run_id: str, engines: Engines) -> None:
         super().__init__("playback", url, run_id, engines)
         self.on(E.TTS_STARTED, self.on_say)
@@ -294,7 +294,7 @@ class Demo:
             Stt(url, self.run_id, self.engines, self.heard),
             Llm(url, self.run_id, self.engines),
             Tts(url, self.run_id, self.engines),
-            Playback(url, self.run_id, self.engines),
+            Player(url, self.run_id, self.engines),
         ]
         self.observer = Observer(url, self.run_id)
         self._count = 0

@@ -7,7 +7,6 @@ import json
 import signal
 import uuid
 from collections.abc import Callable
-from difflib import get_close_matches
 from enum import Enum
 from types import UnionType
 from typing import Annotated, Any, Union, get_args, get_origin
@@ -16,10 +15,10 @@ import typer
 
 from ..bus import EventBus
 from ..config import BusConfig
-from ..errors import DecodeError
+from ..errors import DecodeError, UnknownEventTypeError
 from ..transport import Message, Transport, open_transport, parse_url, resolve_url
 from ..wire.codec import InvalidMessage, correlation_text, decode
-from ..wire.events import Event
+from ..wire.events import Event, event_type_named
 from ..wire.routes import ROUTES, Route
 from ..wire.topics import check_filter
 from . import output as out
@@ -44,18 +43,15 @@ MEMORY_NOTE = (
 )
 
 
-def event_type_named(name: str) -> Enum:
-    """The routed event type called `name` (value or NAME), with a did-you-mean hint."""
-    known = {r.event_type.value.lower(): r.event_type for r in ROUTES}
-    known.update({r.event_type.name.lower(): r.event_type for r in ROUTES})
-    key = name.strip().lower().replace("-", "_")
-    if key in known:
-        return known[key]
-    values = sorted({r.event_type.value for r in ROUTES})
-    close = get_close_matches(key, values, n=3, cutoff=0.6)
-    close += [v for v in values if key and key in v and v not in close][: 3 - len(close)]
-    hint = f"; did you mean {' or '.join(close)}?" if close else ""
-    raise out.CliError(f"unknown event type {name!r}{hint} (voicebus topics lists them all)")
+def routed_event_type(name: str) -> Enum:
+    """The routed event type called `name` (by `event_type_named`'s rules), or a
+    `CliError` with its did-you-mean."""
+    try:
+        return event_type_named(name, (r.event_type for r in ROUTES))
+    except UnknownEventTypeError as exc:
+        hint = f"; did you mean {' or '.join(exc.suggestions)}?" if exc.suggestions else ""
+        message = f"unknown event type {name!r}{hint} (voicebus topics lists them all)"
+        raise out.CliError(message) from None
 
 
 def topic_filter(pattern: str) -> str:
@@ -65,7 +61,7 @@ def topic_filter(pattern: str) -> str:
     if "/" in pattern or pattern in ("#", "+") or pattern.startswith("$"):
         check_filter(pattern)
         return pattern
-    return ROUTES.get(event_type_named(pattern)).filter
+    return ROUTES.get(routed_event_type(pattern)).filter
 
 
 def _string_fields(route: Route) -> set[str]:

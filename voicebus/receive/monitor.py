@@ -34,7 +34,7 @@ class HandlerStats:
 
 
 class SeenIds:
-    """A bounded set of event ids (oldest forgotten first)."""
+    """A bounded set of event keys, e.g. source and id (oldest forgotten first)."""
 
     def __init__(self, size: int) -> None:
         self._size = size
@@ -70,7 +70,7 @@ class Monitor:
         self.started_at = time.time()
 
     def record(self, event: Event) -> None:
-        """Count `event` and keep it in history (the bus calls this once per event id)."""
+        """Count `event` and keep it in history (once per event: source and id)."""
         self.total_events += 1
         key = event.type._value_
         self.events_by_type[key] = self.events_by_type.get(key, 0) + 1

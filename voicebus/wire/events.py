@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from difflib import get_close_matches
 from enum import Enum
 from typing import Any
+
+from ..errors import UnknownEventTypeError
 
 
 class EventType(str, Enum):
@@ -86,20 +90,19 @@ class Event:
         )
 
 
-def event_type_named(name: str) -> Enum:
-    """`EventType` by value (``speech_detected``) or name (``SPEECH_DETECTED``);
-    an unknown name gets a "did you mean" suggestion."""
-    try:
-        return EventType(name)
-    except ValueError:
-        pass
-    try:
-        return EventType[name.upper()]
-    except KeyError:
-        from difflib import get_close_matches
-
-        from ..errors import UnknownEventTypeError
-
-        close = get_close_matches(name.lower(), [e.value for e in EventType], n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise UnknownEventTypeError(f"unknown event type {name!r}{hint}") from None
+def event_type_named(name: str, known: Iterable[Enum] = EventType) -> Enum:
+    """The event type of `known` (default: every `EventType`) called `name`: its value
+    (``speech_detected``) or its name (``SPEECH_DETECTED``), in any case, with ``-``
+    for ``_``. `UnknownEventTypeError` otherwise, with up to three `suggestions`."""
+    types: dict[str, Enum] = {}
+    for event_type in known:
+        types.setdefault(str(event_type.value).lower(), event_type)
+        types.setdefault(event_type.name.lower(), event_type)
+    key = name.strip().lower().replace("-", "_")
+    if key in types:
+        return types[key]
+    values = sorted({str(t.value) for t in types.values()})
+    close = get_close_matches(key, values, n=3, cutoff=0.6)
+    close += [v for v in values if key and key in v and v not in close][: 3 - len(close)]
+    hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
+    raise UnknownEventTypeError(f"unknown event type {name!r}{hint}", close)

@@ -11,7 +11,7 @@ users, composed from one module per concept:
   bounded outbox and returns (`BackpressureError` when it is full; nothing is
   dropped silently). QoS 1 messages still waiting for their PUBACK when the link
   drops are put back at the head of the outbox and sent again (receivers
-  de-duplicate by event id).
+  de-duplicate by source and event id).
 - **Status**: a retained ``voicebus/status/<clientId>`` ``online`` on every
   connect, ``offline`` on `close` and as the Last Will.
 
