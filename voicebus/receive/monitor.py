@@ -54,6 +54,18 @@ class SeenIds:
         return True
 
 
+DEAD_LETTER_BYTES = 16 * 1024 * 1024
+"""Payload and topic bytes the in-memory dead letters may hold together; past it
+the oldest are forgotten (they stay on the broker if they were published)."""
+
+
+def _record_bytes(record: dict[str, Any]) -> int:
+    """What a dead-letter record holds of its own: the raw payload and the topic."""
+    payload = record.get("payload")
+    topic = record.get("topic")
+    return (len(payload) if payload is not None else 0) + (len(topic) if topic else 0)
+
+
 class Monitor:
     """Metrics (`get_stats` shape of the seed), history and the dead-letter queue."""
 
@@ -61,12 +73,21 @@ class Monitor:
         self.enable_history = enable_history
         self.history: deque[Event] = deque(maxlen=max(history_size, 1))
         self.dead_letters: deque[dict[str, Any]] = deque(maxlen=max(dead_letter_size, 1))
+        self._dead_letter_bytes = 0
         self.total_events = 0
         self.total_errors = 0
         self.events_by_type: dict[str, int] = {}
         self.processing_time = 0.0
         self.processed = 0
         self.unrouted = 0
+        self.dead_letters_not_retained = 0
+        """Dead letters kept in memory only: over `dead_letter_rate`, or the
+        background backlog was full (see `deadletters.FailureReporter`)."""
+        self.dead_letters_cleared = 0
+        """This bus's oldest retained dead letters cleared to stay within
+        `dead_letter_retained_max`."""
+        self.error_events_suppressed = 0
+        """ERROR_OCCURRED events not emitted: over `dead_letter_rate` or backlog full."""
         self.started_at = time.time()
 
     def record(self, event: Event) -> None:
@@ -78,8 +99,18 @@ class Monitor:
             self.history.append(event)
 
     def dead_letter(self, record: dict[str, Any]) -> None:
+        """Keep `record`; the oldest go once there are `dead_letter_size` of them or
+        their payloads and topics pass `DEAD_LETTER_BYTES` (the newest always stays)."""
         self.total_errors += 1
-        self.dead_letters.append(record)
+        letters = self.dead_letters
+        if not letters:  # also after `clear()` from outside
+            self._dead_letter_bytes = 0
+        elif len(letters) == letters.maxlen:
+            self._dead_letter_bytes -= _record_bytes(letters[0])
+        letters.append(record)
+        self._dead_letter_bytes += _record_bytes(record)
+        while self._dead_letter_bytes > DEAD_LETTER_BYTES and len(letters) > 1:
+            self._dead_letter_bytes -= _record_bytes(letters.popleft())
 
     def get_history(self, event_type: Enum | None = None, limit: int = 100) -> list[Event]:
         events = [e for e in self.history if event_type is None or e.type == event_type]
@@ -100,6 +131,9 @@ class Monitor:
                 "dispatched_events": processed,
                 "dead_letters": self.total_errors,
                 "unrouted_messages": self.unrouted,
+                "dead_letters_not_retained": self.dead_letters_not_retained,
+                "dead_letters_cleared": self.dead_letters_cleared,
+                "error_events_suppressed": self.error_events_suppressed,
                 "uptime": time.time() - self.started_at,
             },
             "history_size": len(self.history),
