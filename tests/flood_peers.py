@@ -11,6 +11,12 @@
   can, then the end marker on the same connection (the broker keeps one client's
   order), and waits for its PUBACK.
 
+- ``receiver URL COUNT``: a bus that handles `WAKE_WORD_DETECTED` and
+  `SPEECH_DETECTED` events; it prints its RSS when subscribed, then what it saw once
+  it has handled COUNT of them and the end marker.
+- ``send URL KIND COUNT``: the raw client sends COUNT valid events whose envelope
+  is huge (KIND ``long-topics``: each on its own 60 KB topic; ``long-ids``: each
+  with its own 60 KB id and 60 KB source), then the end marker.
 - ``retain URL COUNT``: the same raw client leaves COUNT records retained on
   ``voicebus/deadLetter/flood-<n>`` (as many buses over time would), then waits for
   the PUBACK of a marker sent after them.
@@ -120,6 +126,84 @@ async def victim(url: str, client_id: str, valid: int) -> None:
     await bus.stop()
 
 
+async def receiver(url: str, count: int) -> None:
+    from voicebus import EventBus, EventType
+
+    bus = EventBus(url)
+    handled = 0
+    done = asyncio.Event()
+    marker = asyncio.Event()
+
+    def on_event(_event: Any) -> None:
+        nonlocal handled
+        handled += 1
+        if handled >= count and marker.is_set():
+            done.set()
+
+    def on_marker(_event: Any) -> None:
+        marker.set()
+        if handled >= count:
+            done.set()
+
+    bus.subscribe(EventType.WAKE_WORD_DETECTED, on_event)
+    bus.subscribe(EventType.SPEECH_DETECTED, on_event)
+    bus.subscribe(EventType.SYSTEM_STOPPED, on_marker)
+    await bus.ready()
+    gc.collect()
+    before = rss_bytes()
+    print(json.dumps({"rss": before}), flush=True)
+    started = time.perf_counter()
+    try:
+        await asyncio.wait_for(done.wait(), 120)
+    except TimeoutError:
+        pass
+    seconds = time.perf_counter() - started
+    gc.collect()
+    after = rss_bytes()
+    stats = bus.get_stats()
+    print(
+        json.dumps(
+            {
+                "rss_before": before,
+                "rss_after": after,
+                "handled": handled,
+                "marker": marker.is_set(),
+                "seconds": seconds,
+                "metrics": stats["metrics"],
+            }
+        ),
+        flush=True,
+    )
+    await bus.stop()
+
+
+def send(url: str, kind: str, count: int) -> None:
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    parts = urlsplit(url)
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.max_queued_messages_set(0)
+    client.connect(parts.hostname or "127.0.0.1", parts.port or 1883)
+    client.loop_start()
+    for n in range(count):
+        if kind == "long-topics":
+            topic = f"hermes/hotword/{n:06d}{'w' * 60_000}/detected"
+            info = client.publish(topic, b"{}", qos=1)
+        else:
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            event_id, source = f"{n:06d}{'i' * 60_000}", f"{n:06d}{'s' * 60_000}"
+            props.UserProperty = [("id", event_id), ("source", source)]
+            payload = b'{"text": "hi"}'
+            info = client.publish("hermes/asr/textCaptured", payload, qos=1, properties=props)
+        if n % 100 == 99:
+            info.wait_for_publish(60)  # keep the sender's own memory small
+    client.publish(MARKER_TOPIC, b"{}", qos=1).wait_for_publish(60)
+    client.disconnect()
+    client.loop_stop()
+
+
 def flood(url: str, topic: str, count: int, size: int) -> None:
     import paho.mqtt.client as mqtt
 
@@ -157,6 +241,10 @@ def main(argv: list[str]) -> None:
         asyncio.run(victim(argv[1], argv[2], int(argv[3])))
     elif role == "flood":
         flood(argv[1], argv[2], int(argv[3]), int(argv[4]))
+    elif role == "receiver":
+        asyncio.run(receiver(argv[1], int(argv[2])))
+    elif role == "send":
+        send(argv[1], argv[2], int(argv[3]))
     elif role == "retain":
         retain(argv[1], int(argv[2]))
     else:

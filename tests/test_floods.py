@@ -23,7 +23,9 @@ from tests.broker import ROOT, Mosquitto
 from tests.helpers import Collector
 from voicebus import EventBus, EventType
 from voicebus.ops.dlq import list_dead_letters, purge_dead_letters
+from voicebus.receive.monitor import DEAD_LETTER_BYTES, Monitor, SeenIds
 from voicebus.transport import Message
+from voicebus.wire.cache import MAX_CACHED_TOPIC, TopicCache
 
 MB = 1024 * 1024
 FLOOD = int(os.environ.get("VOICEBUS_FLOOD", "10000"))
@@ -198,3 +200,73 @@ async def test_purge_all_completes_however_many_there_are(
     assert purge.returncode == 0, err.decode()
     assert json.loads(out)["purged"] >= PURGED
     assert await list_dead_letters(admin) == []
+
+
+@pytest.mark.parametrize(
+    ("kind", "count", "limit"),
+    [("long-topics", 4000, 50 * MB), ("long-ids", 1000, 20 * MB)],
+)
+async def test_huge_envelopes_do_not_grow_memory(
+    mosquitto: Mosquitto, tmp_path: Path, kind: str, count: int, limit: int
+) -> None:
+    """Every cache keyed by what peers send is bounded in bytes: 4,000 events on
+    distinct 60 KB topics (route, session-filter, subscription and topic-split
+    caches), 1,000 events with distinct 60 KB ids and 60 KB sources (the
+    de-duplication window)."""
+    url = mosquitto.url()
+    log = tmp_path / "peers.log"
+    started = time.perf_counter()
+    receiver = await _peer("receiver", url, str(count), stderr=log)
+    try:
+        await _line(receiver, 20)
+        sender = await _peer("send", url, kind, str(count), stderr=log)
+        assert await asyncio.wait_for(sender.wait(), 60) == 0, log.read_text()[-2000:]
+        result = await _line(receiver, 60)
+        assert await asyncio.wait_for(receiver.wait(), 30) == 0
+    finally:
+        if receiver.returncode is None:
+            receiver.kill()
+    grown = result["rss_after"] - result["rss_before"]
+    print(f"{kind} x{count}: +{grown / MB:.1f} MB in {time.perf_counter() - started:.1f}s")
+    assert result["handled"] == count
+    assert result["marker"]
+    assert grown < limit
+
+
+def test_topic_cache_is_bounded_in_entries_and_characters() -> None:
+    cache: TopicCache[int] = TopicCache(max_entries=10, max_chars=100)
+    cache.put("a" * (MAX_CACHED_TOPIC + 1), 1)
+    assert len(cache) == 0  # too long: never cached
+    for n in range(25):
+        cache.put(f"t/{n}", n)
+        assert len(cache) <= 10
+    cache.clear()
+    for n in range(5):
+        cache.put(f"{n}" * 30, n)  # 30 characters each: 3 fit in 100
+        assert sum(map(len, cache)) <= 100
+    assert cache.put("x", 7) == 7 and cache["x"] == 7
+
+
+def test_seen_ids_keep_long_keys_as_digests_and_still_see_repeats() -> None:
+    seen = SeenIds(3)
+    long_key = "source\x00" + "i" * 120_000
+    assert seen.add(long_key)
+    assert not seen.add("source\x00" + "i" * 120_000)  # the same key again: a duplicate
+    assert seen.add(long_key + "j")
+    assert seen.add("kit\u0085chen\x00id-1") and not seen.add("kit\u0085chen\x00id-1")
+    assert seen.add("short")
+    assert seen.hashed == 5
+    assert all(isinstance(k, bytes) and len(k) == 16 for k in list(seen._order)[:-1])
+    assert seen.add(long_key)  # forgotten: the window holds 3
+
+
+def test_in_memory_dead_letters_are_bounded_in_bytes() -> None:
+    monitor = Monitor(enable_history=False, history_size=1, dead_letter_size=1000)
+    for n in range(100):
+        monitor.dead_letter({"n": n}, size=1024 * 1024)  # 1 MiB each
+    kept = [r["n"] for r in monitor.get_dead_letters(limit=0)]
+    assert kept == list(range(100 - DEAD_LETTER_BYTES // (1024 * 1024), 100))
+    assert monitor.total_errors == 100
+    monitor.dead_letters.clear()  # EventBus.clear_dead_letter_queue
+    monitor.dead_letter({"n": "after"}, size=10)
+    assert [r["n"] for r in monitor.get_dead_letters()] == ["after"]

@@ -283,11 +283,16 @@ class FailureReporter:
     def handler_failed(self, event: Event, handler: str, exc: Exception, component: str) -> None:
         """A handler, filter or middleware raised on `event`."""
         record = handler_failure(event, handler, exc)
+        size = len(event.topic or "") + len(event.id) + len(event.source or "")
+        try:
+            size += len(to_json(event.data))  # what the record keeps alive
+        except ValueError:  # an in-process payload JSON cannot hold: sized by its keys
+            size += 64 * len(event.data)
         if self._logs.allow():
             log.error("handler %s failed on %s: %s", handler, event.type.value, exc, exc_info=exc)
         else:
             log.debug("handler %s failed on %s: %s", handler, event.type.value, exc)
-        self._dead_letter(record)
+        self._dead_letter(record, size)
         if event.type != EventType.ERROR_OCCURRED:  # never an error about an error handler
             self._error_event(record, component, event.correlation_id)
 
@@ -307,13 +312,16 @@ class FailureReporter:
         else:
             log.debug("dead letter from %s: %s", _shown(message.topic), error[:_SHOWN])
         record = inbound_failure(message, reason, error, event)
-        self._dead_letter(record)
+        size = len(message.payload) + len(message.topic) + len(message.correlation_data or b"")
+        for key, value in message.user_properties:  # the record's event holds them decoded
+            size += len(key) + len(value)
+        self._dead_letter(record, size)
         if not message.topic.startswith("voicebus/error/"):
             self._error_event(record, "bus", None)
 
-    def _dead_letter(self, record: dict[str, Any]) -> None:
+    def _dead_letter(self, record: dict[str, Any], size: int) -> None:
         record["id"] = os.urandom(8).hex()
-        self._monitor.dead_letter(record)
+        self._monitor.dead_letter(record, size)
         if self._retained_max <= 0:
             self._monitor.dead_letters_not_retained += 1
         elif not (self._records.allow() and self._submit(True, partial(self._retain, record))):
