@@ -93,7 +93,7 @@ async def victim(url: str, client_id: str, valid: int) -> None:
     emitting = asyncio.create_task(emit_loop())
     started = time.perf_counter()
     try:
-        await asyncio.wait_for(done.wait(), 120)
+        await asyncio.wait_for(done.wait(), 45)
     except TimeoutError:
         pass
     flood_seconds = time.perf_counter() - started
@@ -154,7 +154,7 @@ async def receiver(url: str, count: int) -> None:
     print(json.dumps({"rss": before}), flush=True)
     started = time.perf_counter()
     try:
-        await asyncio.wait_for(done.wait(), 120)
+        await asyncio.wait_for(done.wait(), 45)
     except TimeoutError:
         pass
     seconds = time.perf_counter() - started

@@ -4,7 +4,9 @@ Every dead letter a bus records (a handler that raised; an inbound message that
 was not UTF-8, not JSON, invalid for its event type, too large, or on an unknown
 ``voicebus/`` topic) is also published **retained**, so it survives the service
 and broker restarts until it is replayed or purged (an empty retained message
-clears it). The record::
+clears it); within limits, so that a flood cannot flood the broker back: at most
+``dead_letter_retained_max`` per bus (the oldest cleared first), at most
+``dead_letter_rate`` a second after a burst (see `FailureReporter`). The record::
 
     {"id": "3f2a...", "reason": "handler_error", "error": "boom",
      "exception": "ValueError", "handler": "on_text", "client_id": "stt-1",
