@@ -23,6 +23,7 @@ import pytest
 from tests.broker import ROOT, Mosquitto
 from tests.helpers import Collector
 from voicebus import EventBus, EventType
+from voicebus.deadletters import FailureReporter
 from voicebus.ops.dlq import list_dead_letters, purge_dead_letters
 from voicebus.receive.monitor import DEAD_LETTER_BYTES, Monitor, SeenIds
 from voicebus.transport import Message
@@ -286,3 +287,30 @@ def test_in_memory_dead_letters_are_bounded_in_bytes() -> None:
     monitor.dead_letters.clear()  # EventBus.clear_dead_letter_queue
     monitor.dead_letter({"n": "after"}, size=10)
     assert [r["n"] for r in monitor.get_dead_letters()] == ["after"]
+
+
+async def test_reports_go_on_after_the_background_task_was_cancelled() -> None:
+    """The bus cancels the reporter's task on stop, maybe before it ever ran: what
+    was left is counted, and the next failure starts a new task."""
+    monitor = Monitor(enable_history=False, history_size=1, dead_letter_size=10)
+    sent: list[str] = []
+
+    async def publish(message: Message) -> None:
+        sent.append(message.topic)
+
+    async def emit_error(data: dict[str, Any], correlation_id: str | None) -> None:
+        sent.append("error")
+
+    reporter = FailureReporter(
+        monitor, "svc", "mqtt://x", 10_000, publish=publish, emit_error=emit_error
+    )
+    bad = Message("hermes/asr/textCaptured", b"not json")
+    reporter.inbound_failure(bad, "invalid_json", "not JSON", None)
+    for task in list(reporter.tasks):
+        task.cancel()
+    await _until(lambda: not reporter.tasks)
+    metrics = monitor.snapshot()["metrics"]
+    assert (metrics["dead_letters_not_retained"], metrics["error_events_suppressed"]) == (1, 1)
+    reporter.inbound_failure(bad, "invalid_json", "not JSON", None)
+    await _until(lambda: len(sent) == 2)
+    assert sent[0].startswith("voicebus/deadLetter/") and sent[1] == "error"

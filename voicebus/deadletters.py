@@ -362,27 +362,32 @@ class FailureReporter:
                 return False
             self._worker = loop.create_task(self._drain(), name="voicebus-failure-reports")
             self.tasks.add(self._worker)
-            self._worker.add_done_callback(self.tasks.discard)
+            self._worker.add_done_callback(self._drained)
         self._backlog.append((is_record, job))
         return True
 
     async def _drain(self) -> None:
         backlog = self._backlog
-        try:
-            while backlog:
-                _, job = backlog.popleft()
-                try:
-                    await job()
-                except Exception:  # a seam that raised: the next report still goes
-                    log.exception("reporting a failure on %s failed", self._url)
-        finally:
-            self._worker = None
-            for record, _ in backlog:  # cancelled (the bus stopped): count what is left
-                if record:
-                    self._monitor.dead_letters_not_retained += 1
-                else:
-                    self._monitor.error_events_suppressed += 1
-            backlog.clear()
+        while backlog:
+            _, job = backlog.popleft()
+            try:
+                await job()
+            except Exception:  # a seam that raised: the next report still goes
+                log.exception("reporting a failure on %s failed", self._url)
+        self._worker = None  # in the same step as the check: the next report starts a task
+
+    def _drained(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        if self._worker is not task:
+            return
+        # Cancelled, even before it ran (the bus stopped): what is left is not sent.
+        self._worker = None
+        for is_record, _ in self._backlog:
+            if is_record:
+                self._monitor.dead_letters_not_retained += 1
+            else:
+                self._monitor.error_events_suppressed += 1
+        self._backlog.clear()
 
     def _summarize(self) -> None:
         """Warn, at most every `SUMMARY_INTERVAL` seconds, that reports were dropped."""
