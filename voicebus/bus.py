@@ -98,6 +98,9 @@ class EventBus:
             self.config.max_payload_size,
             publish=self._publish_quietly,
             emit_error=self._emit_error,
+            retained_max=self.config.dead_letter_retained_max,
+            rate=self.config.dead_letter_rate,
+            burst=self.config.dead_letter_burst,
         )
         self._dispatcher = Dispatcher(
             self._subs,

@@ -80,7 +80,18 @@ class BusConfig(MqttSettings):
     history_size: int = 100
     """Events kept in the history."""
     dead_letter_size: int = 1000
-    """Dead letters kept in memory for `get_dead_letter_queue`."""
+    """Dead letters kept in memory for `get_dead_letter_queue` (fewer once their
+    payloads, topics and properties pass 16 MiB together)."""
+    dead_letter_retained_max: int = 1000
+    """Dead letters this bus keeps retained on the broker; past it, the oldest it
+    published is cleared (0: none are published)."""
+    dead_letter_rate: float = 10.0
+    """Dead letters per second published retained, ERROR_OCCURRED events and failure
+    log lines per second, each after a burst of `dead_letter_burst`; the rest are
+    counted in `get_stats` (``dead_letters_not_retained``, ``error_events_suppressed``)."""
+    dead_letter_burst: int = 100
+    """Dead letters (and ERROR_OCCURRED events) published at once before
+    `dead_letter_rate` applies."""
     component: str = "bus"
     """Name of this service in ERROR_OCCURRED events (``voicebus/error/<component>``)."""
 
@@ -111,6 +122,9 @@ class BusSettings(TypedDict, total=False):
     enable_history: bool
     history_size: int
     dead_letter_size: int
+    dead_letter_retained_max: int
+    dead_letter_rate: float
+    dead_letter_burst: int
     component: str
 
 

@@ -7,7 +7,6 @@ recorded the dead letter.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import logging
 from typing import TYPE_CHECKING, Any
@@ -15,11 +14,11 @@ from typing import TYPE_CHECKING, Any
 from pydantic_core import from_json
 
 from ..deadletters import DEAD_LETTER_PREFIX, HANDLER_ERROR, MAX_RECORD_PAYLOAD, dead_letter_topic
-from ..errors import BrokerTimeoutError, DeadLetterNotFoundError, VoicebusError
+from ..errors import DeadLetterNotFoundError, VoicebusError
 from ..transport import Message
 from ..wire.codec import parse_json_object
 from ..wire.events import Event
-from .retained import read_retained, side_connection
+from .retained import clear_retained, read_retained, scan_retained
 
 if TYPE_CHECKING:
     from ..bus import EventBus
@@ -119,19 +118,31 @@ async def replay_dead_letter(
     return event
 
 
+PURGE_ROUNDS = 10
+"""Read-and-clear rounds `purge_dead_letters` makes at most while new dead letters
+keep appearing (a bus still recording them)."""
+
+
 async def purge_dead_letters(bus: EventBus, id: str | None = None, timeout: float = 5.0) -> int:
-    """Clear one dead letter (`id`) or all of them from the broker; the number cleared."""
+    """Clear one dead letter (`id`) or all of them from the broker; the number cleared.
+
+    All: the dead letters are read (topics only) and cleared in batches, then read
+    again, until a read finds none (at most `PURGE_ROUNDS` rounds, so a bus that
+    keeps recording cannot keep the purge going). `timeout` bounds each wait for the
+    broker, not the whole purge, so it completes however many there are.
+    """
     topic_filter = dead_letter_topic(id) if id is not None else DEAD_LETTER_PREFIX + "+"
-    found = await read_retained(bus, topic_filter, timeout)
-    if not found:
-        return 0
-    async with side_connection(bus, lambda _m: None, timeout) as side:
-        try:
-            async with asyncio.timeout(timeout):
-                for topic in found:
-                    await side.publish(Message(topic, b"", 1, True))
-        except TimeoutError:
-            raise BrokerTimeoutError(
-                f"purging dead letters on {bus.redacted_url} took longer than {timeout}s"
-            ) from None
-    return len(found)
+    total = 0
+    for _ in range(1 if id is not None else PURGE_ROUNDS):
+        topics = await _retained_topics(bus, topic_filter, timeout)
+        if not topics:
+            break
+        total += await clear_retained(bus, topics, timeout)
+    return total
+
+
+async def _retained_topics(bus: EventBus, topic_filter: str, timeout: float) -> list[str]:
+    """The topics of the retained messages matching `topic_filter` (payloads not kept)."""
+    topics: list[str] = []
+    await scan_retained(bus, topic_filter, lambda topic, _payload: topics.append(topic), timeout)
+    return topics

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import TYPE_CHECKING
@@ -48,23 +48,33 @@ async def side_connection(
         await transport.close()
 
 
-async def read_retained(bus: EventBus, topic_filter: str, timeout: float = 5.0) -> dict[str, bytes]:
-    """The retained messages matching `topic_filter` on the bus's broker: ``{topic: payload}``.
+async def scan_retained(
+    bus: EventBus,
+    topic_filter: str,
+    found: Callable[[str, bytes], None],
+    timeout: float = 5.0,
+) -> None:
+    """Call ``found(topic, payload)`` for each retained message matching `topic_filter`
+    on the bus's broker.
 
     Complete, not a guess after a quiet period: after subscribing, a marker message
     is published to a topic of our own; the broker delivers a client's messages in
-    order, so every retained message has arrived when the marker does.
+    order, so every retained message has arrived when the marker does. `timeout`
+    bounds each wait for the broker, not the whole read: however many messages are
+    retained, the read goes on while they keep coming.
     """
-    found: dict[str, bytes] = {}
     marker = f"{SYNC_PREFIX}{uuid.uuid4().hex}"
     done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    received = 0
 
     def on_message(message: Message) -> None:
+        nonlocal received
         if message.topic == marker:
             if not done.done():
                 done.set_result(None)
         elif message.retain and message.payload:
-            found[message.topic] = message.payload
+            received += 1
+            found(message.topic, message.payload)
 
     # The connect has its own timeout (connect_timeout: BrokerUnavailableError);
     # cancelling aiomqtt in the middle of its handshake leaves callbacks behind.
@@ -74,10 +84,61 @@ async def read_retained(bus: EventBus, topic_filter: str, timeout: float = 5.0) 
                 await side.subscribe(topic_filter, 1)
                 await side.subscribe(marker, 2)
                 await side.publish(Message(marker, b"sync", 1, False))
-                await done
+            while not done.done():
+                seen = received
+                await asyncio.wait((done,), timeout=timeout)
+                if not done.done() and received == seen:  # nothing came for `timeout`
+                    raise TimeoutError
         except TimeoutError:
             raise BrokerTimeoutError(
-                f"reading retained {topic_filter} from {bus.redacted_url} took longer "
-                f"than {timeout}s"
+                f"reading retained {topic_filter} from {bus.redacted_url}: the broker "
+                f"sent nothing for {timeout}s"
             ) from None
+
+
+async def read_retained(bus: EventBus, topic_filter: str, timeout: float = 5.0) -> dict[str, bytes]:
+    """The retained messages matching `topic_filter` on the bus's broker:
+    ``{topic: payload}`` (see `scan_retained`)."""
+    found: dict[str, bytes] = {}
+    await scan_retained(bus, topic_filter, found.__setitem__, timeout)
     return found
+
+
+async def clear_retained(
+    bus: EventBus, topics: Iterable[str], timeout: float = 5.0, batch: int = 1000
+) -> int:
+    """Clear the retained messages on `topics`; how many clears were sent.
+
+    Each is an empty retained publish at QoS 0, `batch` at a time, each batch
+    followed by a QoS 1 marker: the broker handles one client's packets in order,
+    so when the marker is acknowledged the batch is done (and the next may go).
+    `timeout` bounds each batch, not the whole. A clear lost with the link is found
+    by reading again (`voicebus.ops.dlq.purge_dead_letters` does).
+    """
+    cleared = 0
+    marker = Message(f"{SYNC_PREFIX}{uuid.uuid4().hex}", b"sync", 1, False)
+    async with side_connection(bus, lambda _m: None, timeout) as side:
+        for chunk in _chunks(topics, batch):
+            try:
+                async with asyncio.timeout(timeout):
+                    for topic in chunk:
+                        await side.publish(Message(topic, b"", 0, True))
+                    await side.publish(marker)
+            except TimeoutError:
+                raise BrokerTimeoutError(
+                    f"clearing retained messages on {bus.redacted_url}: a batch of {len(chunk)} "
+                    f"was not done within {timeout}s ({cleared} cleared before)"
+                ) from None
+            cleared += len(chunk)
+    return cleared
+
+
+def _chunks(items: Iterable[str], size: int) -> Iterator[list[str]]:
+    chunk: list[str] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

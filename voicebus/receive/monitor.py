@@ -6,6 +6,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from enum import Enum
+from hashlib import blake2b
 from typing import Any
 
 from ..wire.events import Event
@@ -33,25 +34,48 @@ class HandlerStats:
         }
 
 
+MAX_SEEN_KEY = 256
+"""Longest de-duplication key (topic, source and id together), in characters, that
+`SeenIds` keeps as it is; a longer one, or one that is not ASCII, is kept as its
+16-byte BLAKE2b digest."""
+
+
 class SeenIds:
-    """A bounded set of event keys, e.g. source and id (oldest forgotten first)."""
+    """A bounded set of de-duplication keys (topic, source and id) (oldest forgotten first).
+
+    At most `size` keys, each an ASCII string of at most `MAX_SEEN_KEY` characters
+    or a 16-byte digest: worst case about ``size`` x 400 bytes (4 MB for 10,000),
+    however long the ids, sources and topics peers send. `hashed` counts the keys
+    that were too long (or not ASCII) to keep as they came.
+    """
 
     def __init__(self, size: int) -> None:
         self._size = size
-        self._ids: set[str] = set()
-        self._order: deque[str] = deque()
+        self._ids: set[str | bytes] = set()
+        self._order: deque[str | bytes] = deque()
+        self.hashed = 0
 
     def add(self, event_id: str) -> bool:
-        """Remember `event_id`; False when it was already known."""
+        """Remember `event_id` (a key); False when it was already known."""
+        key: str | bytes = event_id
+        if len(event_id) > MAX_SEEN_KEY or not event_id.isascii():
+            key = blake2b(event_id.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+            self.hashed += 1
         ids = self._ids
-        if event_id in ids:
+        if key in ids:
             return False
-        ids.add(event_id)
+        ids.add(key)
         order = self._order
-        order.append(event_id)
+        order.append(key)
         if len(order) > self._size:
             ids.discard(order.popleft())
         return True
+
+
+DEAD_LETTER_BYTES = 16 * 1024 * 1024
+"""Bytes the in-memory dead letters may hold together (as their reporter sized
+them: payload, topic, properties); past it the oldest are forgotten (they stay on
+the broker if they were published)."""
 
 
 class Monitor:
@@ -61,12 +85,22 @@ class Monitor:
         self.enable_history = enable_history
         self.history: deque[Event] = deque(maxlen=max(history_size, 1))
         self.dead_letters: deque[dict[str, Any]] = deque(maxlen=max(dead_letter_size, 1))
+        self._dead_letter_sizes: deque[int] = deque()
+        self._dead_letter_bytes = 0
         self.total_events = 0
         self.total_errors = 0
         self.events_by_type: dict[str, int] = {}
         self.processing_time = 0.0
         self.processed = 0
         self.unrouted = 0
+        self.dead_letters_not_retained = 0
+        """Dead letters kept in memory only: over `dead_letter_rate`, or the
+        background backlog was full (see `deadletters.FailureReporter`)."""
+        self.dead_letters_cleared = 0
+        """This bus's oldest retained dead letters cleared to stay within
+        `dead_letter_retained_max`."""
+        self.error_events_suppressed = 0
+        """ERROR_OCCURRED events not emitted: over `dead_letter_rate` or backlog full."""
         self.started_at = time.time()
 
     def record(self, event: Event) -> None:
@@ -77,9 +111,25 @@ class Monitor:
         if self.enable_history:
             self.history.append(event)
 
-    def dead_letter(self, record: dict[str, Any]) -> None:
+    def dead_letter(self, record: dict[str, Any], size: int = 0) -> None:
+        """Keep `record` (holding about `size` bytes of its own); the oldest go once
+        there are `dead_letter_size` of them or they pass `DEAD_LETTER_BYTES`
+        together (the newest always stays)."""
         self.total_errors += 1
-        self.dead_letters.append(record)
+        letters = self.dead_letters
+        sizes = self._dead_letter_sizes
+        if len(sizes) != len(letters):  # `dead_letters` was cleared from outside
+            sizes.clear()
+            sizes.extend(0 for _ in letters)
+            self._dead_letter_bytes = 0
+        if len(letters) == letters.maxlen:
+            self._dead_letter_bytes -= sizes.popleft()
+        letters.append(record)
+        sizes.append(size)
+        self._dead_letter_bytes += size
+        while self._dead_letter_bytes > DEAD_LETTER_BYTES and len(letters) > 1:
+            letters.popleft()
+            self._dead_letter_bytes -= sizes.popleft()
 
     def get_history(self, event_type: Enum | None = None, limit: int = 100) -> list[Event]:
         events = [e for e in self.history if event_type is None or e.type == event_type]
@@ -100,6 +150,9 @@ class Monitor:
                 "dispatched_events": processed,
                 "dead_letters": self.total_errors,
                 "unrouted_messages": self.unrouted,
+                "dead_letters_not_retained": self.dead_letters_not_retained,
+                "dead_letters_cleared": self.dead_letters_cleared,
+                "error_events_suppressed": self.error_events_suppressed,
                 "uptime": time.time() - self.started_at,
             },
             "history_size": len(self.history),

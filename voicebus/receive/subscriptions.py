@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from ..wire.cache import TopicCache
 from ..wire.events import Event
 from ..wire.topics import check_filter, matches
 from .monitor import HandlerStats
@@ -70,7 +71,9 @@ class SubscriptionRegistry:
         self._subs: list[Subscription] = []
         self._seq = itertools.count()
         self._ids = itertools.count(1)
-        self._by_topic: dict[str, list[Subscription]] = {}
+        self._by_topic: TopicCache[list[Subscription]] = TopicCache()
+        """Topic -> matching subscriptions; worst case ~2 MiB (`TopicCache`) plus a
+        list of the subscriptions per entry."""
         self.filters: dict[str, FilterRef] = {}
 
     def __len__(self) -> int:
@@ -121,13 +124,13 @@ class SubscriptionRegistry:
         subscription order."""
         found = self._by_topic.get(topic)
         if found is None:
-            found = sorted(
-                (s for s in self._subs if matches(s.topic_filter, topic)),
-                key=lambda s: (-s.priority, s.seq),
+            found = self._by_topic.put(
+                topic,
+                sorted(
+                    (s for s in self._subs if matches(s.topic_filter, topic)),
+                    key=lambda s: (-s.priority, s.seq),
+                ),
             )
-            if len(self._by_topic) > 10_000:
-                self._by_topic.clear()
-            self._by_topic[topic] = found
         return found
 
     def subscription_id(self, broker_filter: str) -> int | None:

@@ -14,6 +14,7 @@ import asyncio
 from collections import deque
 
 from ..errors import BusStateError
+from ..wire.cache import TopicCache
 from ..wire.topics import check_filter, check_topic, matches
 from .base import CONSUMER, Message, MessageCallback
 
@@ -77,7 +78,7 @@ class MemoryTransport:
         self.url = f"memory://{name}"
         self._broker = get_broker(name)
         self._subscriptions: dict[str, int] = {}
-        self._matched: dict[str, tuple[int, ...]] = {}
+        self._matched: TopicCache[tuple[int, ...]] = TopicCache()  # worst case ~2 MiB
         self._shared: dict[str, int] = {}
         self._on_message: MessageCallback | None = None
         self._backlog: deque[Message] = deque()
@@ -138,10 +139,9 @@ class MemoryTransport:
     def _subscription_ids(self, topic: str) -> tuple[int, ...]:
         ids = self._matched.get(topic)
         if ids is None:
-            ids = tuple(sid for flt, sid in self._subscriptions.items() if matches(flt, topic))
-            if len(self._matched) > 10_000:
-                self._matched.clear()
-            self._matched[topic] = ids
+            ids = self._matched.put(
+                topic, tuple(sid for flt, sid in self._subscriptions.items() if matches(flt, topic))
+            )
         return ids
 
     def shared_matching(self, topic: str) -> list[tuple[str, int]]:

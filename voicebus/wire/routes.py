@@ -13,6 +13,7 @@ from typing import Any
 
 from ..errors import TopicError, UnknownEventTypeError
 from . import models as m
+from .cache import TopicCache
 from .events import EventType
 from .topics import TopicTemplate
 
@@ -138,7 +139,9 @@ class RouteTable:
         self._by_type: dict[Enum, Route] = {}
         self._exact: dict[str, Route] = {}
         self._templated: list[Route] = []
-        self._cache: dict[str, tuple[Route, dict[str, str]] | None] = {}
+        self._cache: TopicCache[tuple[Route, dict[str, str]] | None] = TopicCache()
+        """Topic -> match. Worst case ~4 MiB: `TopicCache`'s bound, plus the topic
+        parameters of each entry (substrings of its topic: at most as much again)."""
         for route in routes or []:
             self.register(route)
 
@@ -207,10 +210,7 @@ class RouteTable:
                 if params is not None:
                     found = (candidate, params)
                     break
-        if len(self._cache) > 10_000:
-            self._cache.clear()
-        self._cache[topic] = found
-        return found
+        return self._cache.put(topic, found)
 
 
 ROUTES = RouteTable(_default_routes())

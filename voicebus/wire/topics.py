@@ -61,8 +61,25 @@ def check_filter(topic_filter: str) -> str:
     return topic_filter
 
 
-@lru_cache(maxsize=4096)
+_last_long: tuple[str, tuple[str, ...]] = ("", ("",))
+
+
 def _split(text: str) -> tuple[str, ...]:
+    """The levels of a topic or filter. Short ones are cached (worst case ~5 MiB:
+    512 texts of at most 256 characters, with their levels); of longer ones only
+    the last (a message's topic is matched against several filters in a row)."""
+    global _last_long
+    if len(text) <= 256:
+        return _split_short(text)
+    last, levels = _last_long
+    if text is not last and text != last:
+        levels = tuple(text.split("/"))
+        _last_long = (text, levels)
+    return levels
+
+
+@lru_cache(maxsize=512)
+def _split_short(text: str) -> tuple[str, ...]:
     return tuple(text.split("/"))
 
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
-
+from ...wire.cache import TopicCache
 from ...wire.topics import matches
 from ..base import Message
 
-_CACHE_LIMIT = 10_000
-"""Entries kept in each cache of `SessionFilters` before it starts over."""
+_COPIES_LIMIT = 4096
+"""Messages whose further copies `SessionFilters` waits for before it starts over."""
+
+CopyKey = tuple[int, int, int]
+"""A received message as `is_copy` remembers it: topic length, payload length and
+the hash of (topic, payload, correlation data, user properties); never the bytes."""
 
 
 class SessionFilters:
@@ -21,13 +24,19 @@ class SessionFilters:
     When several of our filters match a topic, Mosquitto sends one copy of the
     message per matching subscription; `is_copy` recognises the 2nd.. copy by the
     subscription identifiers it carries, so the bus sees each message once.
+
+    Its caches, whatever peers send: `_expected` (topic -> our matching
+    subscription ids) is a `TopicCache` (topics over 1,024 characters not cached;
+    worst case ~3 MiB with its values); `_copies` (a message whose other copies are
+    still due -> their ids) keeps a fixed-size `CopyKey` per message, never the
+    topic or payload, at most `_COPIES_LIMIT` of them: worst case ~2 MiB.
     """
 
     def __init__(self) -> None:
         self.ids: dict[str, int] = {}
         self.dropped: set[str] = set()
-        self._expected: dict[str, frozenset[int]] = {}
-        self._copies: dict[tuple[Any, ...], set[int]] = {}
+        self._expected: TopicCache[frozenset[int]] = TopicCache()
+        self._copies: dict[CopyKey, set[int]] = {}
 
     def add(self, topic_filter: str, subscription_id: int) -> None:
         self.ids[topic_filter] = subscription_id
@@ -43,17 +52,24 @@ class SessionFilters:
         """True for the 2nd.. copy Mosquitto sends when several of our filters match."""
         expected = self._expected.get(message.topic)
         if expected is None:
-            expected = frozenset(
-                sid
-                for flt, sid in self.ids.items()
-                if not flt.startswith("$share/") and matches(flt, message.topic)
+            expected = self._expected.put(
+                message.topic,
+                frozenset(
+                    sid
+                    for flt, sid in self.ids.items()
+                    if not flt.startswith("$share/") and matches(flt, message.topic)
+                ),
             )
-            if len(self._expected) > _CACHE_LIMIT:
-                self._expected.clear()
-            self._expected[message.topic] = expected
         if len(expected) < 2:
             return False
-        key = (message.topic, message.payload, message.correlation_data, message.user_properties)
+        topic, payload = message.topic, message.payload
+        # A 64-bit keyed hash (the interpreter's, seeded per process) stands for the
+        # message: two different messages of the same sizes colliding is a 2**-64 chance.
+        key = (
+            len(topic),
+            len(payload),
+            hash((topic, payload, message.correlation_data, message.user_properties)),
+        )
         got = set(message.subscription_ids)
         pending = self._copies.get(key)
         if pending is not None and got and got <= pending:
@@ -63,7 +79,7 @@ class SessionFilters:
             return True
         remaining = set(expected) - got
         if remaining:
-            if len(self._copies) > _CACHE_LIMIT:
+            if len(self._copies) >= _COPIES_LIMIT:
                 self._copies.clear()
             self._copies[key] = remaining
         return False
