@@ -107,7 +107,12 @@ async def test_events_whose_handlers_had_not_finished_come_back_after_a_crash(
 
 @pytest.fixture
 def pubacks(monkeypatch: pytest.MonkeyPatch) -> list[tuple[paho_mqtt.Client, int]]:
-    """Every PUBACK sent in this process: (paho client, packet id)."""
+    """Every PUBACK sent in this process: (paho client, packet id).
+
+    Spied on paho's private ``_send_puback`` on purpose, not on the public
+    ``ack`` the transport calls: it is where every PUBACK is written, so one paho
+    sent on its own (manual acknowledgement off) would be recorded too.
+    """
     sent: list[tuple[paho_mqtt.Client, int]] = []
     original = paho_mqtt.Client._send_puback
 
@@ -232,7 +237,8 @@ class _FakePaho:
     def __init__(self) -> None:
         self.sent: list[int] = []
 
-    def _send_puback(self, mid: int) -> None:
+    def ack(self, mid: int, qos: int) -> None:
+        assert qos == 1
         self.sent.append(mid)
 
 

@@ -5,14 +5,15 @@ keepalive, disconnect). On its paho client we take over:
 
 - received PUBLISH packets (QoS 0 and 1): decoded here (properties by
   `properties.py`), the 2nd.. copy of an overlap dropped (`is_copy`), handed to
-  `deliver` without a task per message; the PUBACK is sent right after, or, when
-  acks are deferred, once the receiver is done (`Acks`, in receive order);
+  `deliver` without a task per message; the PUBACK (paho's public manual
+  acknowledgement) is sent right after, or, when acks are deferred, once the
+  receiver is done (`Acks`, in receive order);
 - PUBACKs: they complete the futures the transport registered in flight;
 - connecting: a link that breaks before CONNACK fails at once (`enter`);
 - reading again after `stop_reading`: `start_reading`, like aiomqtt's own reader.
 
-These use paho internals (``_handle_publish``, ``_in_packet``, ``_send_puback``,
-``_sock``, ``_sock_close``) and aiomqtt's (``_client``, ``_disconnected``).
+The private paho/aiomqtt names this needs are reached through `paho_internals`
+only (the one module that touches them; it says which and why).
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from typing import Any, TypeVar, cast
 
 import aiomqtt
 import paho.mqtt.client as paho_mqtt
-from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -35,6 +35,14 @@ from ...wire.status import OFFLINE
 from ..base import Message, MessageCallback
 from ..url import BusURL
 from .options import MqttOptions
+from .paho_internals import (
+    close_socket,
+    end_link,
+    link_lost,
+    paho_client,
+    report_loss,
+    take_over_publish,
+)
 from .properties import MalformedProperties, unpack_publish_properties
 
 log = logging.getLogger("voicebus.mqtt")
@@ -135,7 +143,7 @@ class Acks:
         while pending and pending[0].done:
             mid = pending.popleft().mid
             if paho is not None:
-                paho._send_puback(mid)
+                paho.ack(mid, 1)
 
     def close(self) -> None:
         """The link is gone: send nothing more."""
@@ -162,7 +170,8 @@ def install(
     or with `defer_acks` when their `Message.ack` token is released on the
     returned `Acks` (at once for a copy, a malformed one or a failing `deliver`).
     """
-    paho = client._client
+    paho = paho_client(client)
+    paho.manual_ack_set(True)  # PUBACKs are ours to send (`Acks`), with `ack`
     acks = Acks(paho, max_unacked)
     aiomqtt_on_publish: Any = paho.on_publish
     aiomqtt_on_connect: Any = paho.on_connect
@@ -183,8 +192,6 @@ def install(
         elif aiomqtt_on_publish is not None:
             aiomqtt_on_publish(c, userdata, mid, reason, props)
 
-    original_handle_publish = paho._handle_publish
-
     def safe_deliver(message: Message) -> None:
         if not message.retain and is_copy(message):
             if message.ack is not None:
@@ -198,12 +205,14 @@ def install(
                 acks.release(cast(PendingAck, message.ack))
 
     def on_message(c: paho_mqtt.Client, userdata: Any, pm: paho_mqtt.MQTTMessage) -> None:
-        """QoS 2 messages (rare; paho runs their handshake) take paho's path."""
+        """QoS 2 messages take paho's path (it runs their handshake; voicebus
+        subscribes at QoS 1, so a broker sends none): PUBCOMP once delivered."""
         props: Any = pm.properties
         try:
             topic = pm.topic
         except UnicodeDecodeError:
             log.warning("dropping a PUBLISH whose topic is not UTF-8 (protocol violation)")
+            c.ack(pm.mid, pm.qos)
             return
         safe_deliver(
             Message(
@@ -217,14 +226,12 @@ def install(
                 tuple(getattr(props, "SubscriptionIdentifier", None) or ()),
             )
         )
+        c.ack(pm.mid, pm.qos)
 
-    def handle_publish() -> MQTTErrorCode:
-        packet = paho._in_packet
-        header = packet["command"]
+    def handle_publish(header: int, data: bytearray) -> bool:
         qos = (header & 0x06) >> 1
         if qos == 2:
-            return original_handle_publish()
-        data = packet["packet"]
+            return False
         message = _parse_publish(data, header, qos)
         if qos == 1:
             pos = 2 + int.from_bytes(data[0:2], "big")
@@ -233,17 +240,17 @@ def install(
                 if defer_acks:
                     message.ack = token
                     safe_deliver(message)
-                    return MQTTErrorCode.MQTT_ERR_SUCCESS
+                    return True
                 safe_deliver(message)
             acks.release(token)
         elif message is not None:
             safe_deliver(message)
-        return MQTTErrorCode.MQTT_ERR_SUCCESS
+        return True
 
     paho.on_connect = on_connect
     paho.on_publish = on_publish
     paho.on_message = on_message
-    paho._handle_publish = handle_publish  # type: ignore[method-assign]
+    take_over_publish(paho, handle_publish)
     return acks
 
 
@@ -283,7 +290,7 @@ async def enter(client: aiomqtt.Client) -> None:
     server refusing our certificate sends its alert then): aiomqtt would wait out
     its timeout. paho logs the cause and reports the loss; we race both.
     """
-    paho = client._client
+    paho = paho_client(client)
     loop = asyncio.get_running_loop()
     failure: asyncio.Future[str] = loop.create_future()
     errors: list[str] = []
@@ -308,7 +315,7 @@ async def enter(client: aiomqtt.Client) -> None:
             await asyncio.wait((entering,), timeout=0.05)
         if not entering.done():
             entering.cancel()
-            paho._sock_close()
+            close_socket(paho)
             raise aiomqtt.MqttError(failure.result())
         entering.result()
     except asyncio.CancelledError:
@@ -331,7 +338,7 @@ async def until_lost(client: aiomqtt.Client, operation: Coroutine[Any, Any, T]) 
     """Await `operation`, or raise `LinkLost` as soon as `client`'s link drops
     (aiomqtt would wait out its timeout)."""
     task = asyncio.ensure_future(operation)
-    lost = client._disconnected
+    lost = link_lost(client)
     try:
         await asyncio.wait((task, lost), return_when=asyncio.FIRST_COMPLETED)
     except asyncio.CancelledError:
@@ -346,9 +353,7 @@ async def until_lost(client: aiomqtt.Client, operation: Coroutine[Any, Any, T]) 
 def give_up(client: aiomqtt.Client, error: Exception) -> None:
     """End `client`'s link now (its broker stopped answering): the loss is reported
     as `error`, the socket closed."""
-    if not client._disconnected.done():
-        client._disconnected.set_exception(error)
-    client._client._sock_close()
+    end_link(client, error)
 
 
 def stop_reading(paho: paho_mqtt.Client | None) -> None:
@@ -360,7 +365,7 @@ def stop_reading(paho: paho_mqtt.Client | None) -> None:
 
 def start_reading(client: aiomqtt.Client) -> None:
     """Read `client`'s socket again after `stop_reading`."""
-    sock = client._client.socket()
+    sock = paho_client(client).socket()
     if sock is not None:
         asyncio.get_running_loop().add_reader(sock.fileno(), _reader(client))
 
@@ -369,18 +374,17 @@ def _reader(client: aiomqtt.Client) -> Callable[[], None]:
     """A socket read callback for `client`, as aiomqtt's own (which `stop_reading`
     removed): it also drains what TLS has already decrypted, and a read error ends
     the link."""
-    paho = client._client
+    paho = paho_client(client)
 
     def read() -> None:
         try:
             while True:
                 paho.loop_read()
-                raw: Any = paho._sock
+                raw: Any = paho.socket()
                 if hasattr(raw, "pending") and raw.pending() > 0:
                     continue
                 break
         except Exception as exc:
-            if not client._disconnected.done():
-                client._disconnected.set_exception(exc)
+            report_loss(client, exc)
 
     return read

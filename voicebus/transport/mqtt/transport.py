@@ -5,7 +5,7 @@ users, composed from one module per concept:
 
 - **Reconnect**: when the link drops, a supervisor task reconnects with
   exponential backoff and jitter (`backoff.py`), using a *fresh* aiomqtt client
-  per connection (`mqtt_link.py`), re-subscribes every filter
+  per connection (`link.py`), re-subscribes every filter
   (`session_filters.py`) and flushes the outbox.
 - **Outbox** (`outbox.py`): while the link is down, `publish` puts messages in a
   bounded outbox and returns (`BackpressureError` when it is full; nothing is
@@ -18,8 +18,8 @@ users, composed from one module per concept:
 The per-message hot path talks to the paho client directly: publishes carry
 pre-packed properties and complete on our own PUBACK futures; received PUBLISH
 packets are decoded by `properties.py` and handed to the bus callback without a
-task per message (`mqtt_link.py`). Settings live in `mqtt_options.py`;
-aiomqtt/paho errors become the `VoicebusError` tree in `mqtt_errors.py`.
+task per message (`link.py`). Settings live in `options.py`;
+aiomqtt/paho errors become the `VoicebusError` tree in `errors.py`.
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ from .link import (
 )
 from .options import MqttOptions, tls_context
 from .outbox import REQUEUED, Outbox
+from .paho_internals import link_lost, paho_client
 from .properties import pack_message_properties
 from .session_filters import SessionFilters
 
@@ -86,7 +87,7 @@ class MqttTransport:
         self.url = url.redacted()
         self._url = url
         self.options = options
-        self._client: aiomqtt.Client | None = None
+        self._link: aiomqtt.Client | None = None  # the current link (its aiomqtt client)
         self._paho: paho_mqtt.Client | None = None
         self._on_message: MessageCallback | None = None
         self._defer_acks = False
@@ -110,7 +111,7 @@ class MqttTransport:
 
     @property
     def connected(self) -> bool:
-        return self._client is not None
+        return self._link is not None
 
     @property
     def outbox_size(self) -> int:
@@ -142,7 +143,7 @@ class MqttTransport:
                     f"connection to {self.url} dropped right after connecting"
                 )
         except BaseException:  # failed or cancelled: leave no client behind
-            self._client = None
+            self._link = None
             self._paho = None
             self._online = False
             await self._exit(client)
@@ -170,15 +171,16 @@ class MqttTransport:
             await enter(client)
         except aiomqtt.MqttError as exc:
             raise connect_error(self.url, exc) from None
-        self._client = client
-        self._paho = client._client
+        self._link = client
+        self._paho = paho_client(client)
         self._payload_limit = self.options.max_payload_size
         if self._broker_max_packet:
             self._payload_limit = min(
                 self._payload_limit, self._broker_max_packet - _PACKET_OVERHEAD
             )
-        client._disconnected.add_done_callback(lambda _: acks.close())
-        client._disconnected.add_done_callback(lambda fut: self._lost(client, fut))
+        lost = link_lost(client)
+        lost.add_done_callback(lambda _: acks.close())
+        lost.add_done_callback(lambda fut: self._lost(client, fut))
         return client
 
     def _connack(self, session_present: bool, max_packet: int | None) -> None:
@@ -188,9 +190,9 @@ class MqttTransport:
     def _lost(self, client: aiomqtt.Client, fut: asyncio.Future[None]) -> None:
         """`client`'s link dropped: requeue what is in flight, wake the supervisor."""
         error = None if fut.cancelled() else fut.exception()
-        if client is not self._client:
+        if client is not self._link:
             return
-        self._client = None
+        self._link = None
         self._paho = None
         self._online = False
         if self._closing:
@@ -206,7 +208,7 @@ class MqttTransport:
     def _give_up(self, client: aiomqtt.Client, reason: str) -> None:
         """End `client`'s link now, as lost (what is in flight goes back to the outbox)."""
         give_up(client, TransportError(reason))
-        self._lost(client, client._disconnected)
+        self._lost(client, link_lost(client))
 
     def _abandon(self) -> None:
         """Closing: fail every publish still waiting for its PUBACK."""
@@ -272,7 +274,7 @@ class MqttTransport:
             await self._flush(client)
         except LinkLost:
             return False
-        if self._client is not client:
+        if self._link is not client:
             return False
         self._online = True
         if self._paused:
@@ -287,7 +289,7 @@ class MqttTransport:
             log.error("%s on %s failed: %s", what, self.url, exc)
 
     async def _announce(self, client: aiomqtt.Client, topic: str, payload: bytes) -> None:
-        fut = self._send(client._client, Message(topic, payload, 1, True))
+        fut = self._send(paho_client(client), Message(topic, payload, 1, True))
         if fut is None:
             return
         code = await asyncio.wait_for(fut, self.options.publish_timeout)
@@ -300,12 +302,12 @@ class MqttTransport:
 
     async def _flush(self, client: aiomqtt.Client) -> None:
         """Send the outbox in order, up to `_FLUSH_WINDOW` QoS 1 messages in flight."""
-        paho = client._client
+        paho = paho_client(client)
         queued = self._outbox.queued
         window: deque[tuple[Message, asyncio.Future[int]]] = deque()
         while queued or window:
             while queued and len(window) < _FLUSH_WINDOW:
-                if self._client is not client:
+                if self._link is not client:
                     raise LinkLost
                 message = queued.popleft()
                 fut = self._send(paho, message)
@@ -387,12 +389,12 @@ class MqttTransport:
                 await supervisor
             except asyncio.CancelledError:
                 pass
-        client = self._client
+        client = self._link
         if client is not None:
             try:
                 await asyncio.wait_for(self._settle(client), self.options.publish_timeout)
                 topic = self.options.status_topic()
-                if topic is not None and self._client is client:
+                if topic is not None and self._link is client:
                     await self._announce(client, topic, OFFLINE)
             except (LinkLost, TimeoutError, TransportError) as exc:
                 log.debug("clean stop on %s: %s", self.url, exc)
@@ -402,7 +404,7 @@ class MqttTransport:
                 "%d message(s) in the outbox of %s were not sent before stop", dropped, self.url
             )
         self._abandon()
-        self._client = None
+        self._link = None
         self._paho = None
         self._online = False
         self._filters = SessionFilters()
@@ -513,7 +515,7 @@ class MqttTransport:
         self._check_open()
         check_filter(topic_filter)
         self._filters.add(topic_filter, subscription_id)
-        client = self._client
+        client = self._link
         if client is None:
             return
         try:
@@ -549,7 +551,7 @@ class MqttTransport:
 
     async def unsubscribe(self, topic_filter: str) -> None:
         self._filters.remove(topic_filter)
-        client = self._client
+        client = self._link
         if client is None:
             if self.options.session_expiry and not self._closing:
                 self._filters.dropped.add(topic_filter)
@@ -579,6 +581,6 @@ class MqttTransport:
         if not self._paused:
             return
         self._paused = False
-        client = self._client
+        client = self._link
         if client is not None:
             start_reading(client)

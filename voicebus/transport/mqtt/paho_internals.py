@@ -1,0 +1,93 @@
+"""Every access to a private name of paho-mqtt or aiomqtt: this module and no other.
+
+voicebus reaches past the public API of aiomqtt 2.5 and its paho-mqtt client in
+the places below, each line marked ``# noqa: SLF001`` (ruff's SLF001 refuses a
+private access anywhere else in `voicebus`). What we patch, and why:
+
+paho-mqtt (`paho.mqtt.client.Client`)
+- ``_handle_publish`` is replaced (`take_over_publish`), reading the received
+  packet from ``_in_packet``: QoS 0/1 PUBLISH packets are decoded straight from
+  their bytes (`properties.py`) and handed to the transport without paho's
+  `MQTTMessage` and MQTT 5 `Properties` objects (decoded in Python, they cost
+  about half of a receive), and without paho's automatic PUBACK: the transport
+  sends that itself, through paho's public manual acknowledgement
+  (``manual_ack_set(True)`` and ``ack(mid, 1)``), once its receiver is done.
+- ``_sock_close`` (`close_socket`, `end_link`): end a link at once, as paho does
+  on a keepalive timeout, when a connect broke before its CONNACK or the broker
+  stopped acknowledging (``disconnect()`` would wait for a broker that is gone).
+
+aiomqtt (`aiomqtt.Client`)
+- ``_client`` (`paho_client`): its paho client, which has no public accessor; we
+  install the patches and callbacks above on it and publish on it directly
+  (pre-packed properties, our own PUBACK futures: see `FACTS.md`).
+- ``_disconnected`` (`link_lost`, `report_loss`, `end_link`): the future that completes when the
+  link drops. aiomqtt only reports a loss to a call waiting on it, after that
+  call's timeout; we wake on it at once (requeue what is in flight, reconnect).
+
+These were verified with the versions in `VERIFIED` (`check_versions` refuses
+others with `UnsupportedDependencyError`; ``.ci/run`` tests both ends of the
+range). aiomqtt 3 no longer builds on paho (it is a sans-I/O MQTT 5 codec with a
+public ``puback()``, subscription ids and Receive Maximum): moving to it means
+replacing this module and the few functions of `link.py` that call it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import aiomqtt
+import paho.mqtt.client as paho_mqtt
+from paho.mqtt.enums import MQTTErrorCode
+
+PublishHandler = Callable[[int, bytearray], bool]
+"""Takes a received PUBLISH: the first byte of its fixed header and the rest of
+the packet (variable header and payload); False leaves the packet to paho."""
+
+
+def paho_client(client: aiomqtt.Client) -> paho_mqtt.Client:
+    """The paho client inside `client`."""
+    return client._client  # noqa: SLF001
+
+
+def link_lost(client: aiomqtt.Client) -> asyncio.Future[None]:
+    """The future that completes (with the error, if any) when `client`'s link drops.
+
+    aiomqtt makes a new one at each connect: take it after `client` connected.
+    """
+    return client._disconnected  # noqa: SLF001
+
+
+def take_over_publish(paho: paho_mqtt.Client, handle: PublishHandler) -> None:
+    """Hand every PUBLISH packet `paho` reads to `handle`, before paho decodes it.
+
+    `handle` runs in paho's read callback. paho sends no PUBACK for a packet
+    `handle` took; one it leaves (returns False) takes paho's own path.
+    """
+    original = paho._handle_publish  # noqa: SLF001
+
+    def handle_publish() -> MQTTErrorCode:
+        packet = paho._in_packet  # noqa: SLF001  (a new dict per packet: read it each time)
+        if handle(packet["command"], packet["packet"]):
+            return MQTTErrorCode.MQTT_ERR_SUCCESS
+        return original()
+
+    paho._handle_publish = handle_publish  # type: ignore[method-assign]  # noqa: SLF001
+
+
+def close_socket(paho: paho_mqtt.Client) -> None:
+    """Close `paho`'s socket now, without a DISCONNECT (paho reports no loss)."""
+    paho._sock_close()  # noqa: SLF001
+
+
+def report_loss(client: aiomqtt.Client, error: Exception) -> None:
+    """Report `client`'s link as lost (`link_lost`) with `error`, unless it already was."""
+    lost = client._disconnected  # noqa: SLF001
+    if not lost.done():
+        lost.set_exception(error)
+
+
+def end_link(client: aiomqtt.Client, error: Exception) -> None:
+    """End `client`'s link now: the loss reported as `error`, the socket closed."""
+    report_loss(client, error)
+    client._client._sock_close()  # noqa: SLF001
