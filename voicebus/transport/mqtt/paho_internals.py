@@ -34,11 +34,24 @@ replacing this module and the few functions of `link.py` that call it.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable
+from importlib import metadata
 
 import aiomqtt
 import paho.mqtt.client as paho_mqtt
 from paho.mqtt.enums import MQTTErrorCode
+
+from ...errors import UnsupportedDependencyError
+
+Release = tuple[int, ...]
+
+VERIFIED: dict[str, tuple[Release, Release]] = {
+    "paho-mqtt": ((2, 1), (2, 3)),
+    "aiomqtt": ((2, 5), (2, 6)),
+}
+"""Distribution -> (lowest, first refused) release this module was verified with:
+the same range as the dependencies in ``pyproject.toml`` (a test keeps them equal)."""
 
 PublishHandler = Callable[[int, bytearray], bool]
 """Takes a received PUBLISH: the first byte of its fixed header and the rest of
@@ -91,3 +104,42 @@ def end_link(client: aiomqtt.Client, error: Exception) -> None:
     """End `client`'s link now: the loss reported as `error`, the socket closed."""
     report_loss(client, error)
     client._client._sock_close()  # noqa: SLF001
+
+
+def installed_version(distribution: str) -> str | None:
+    """The installed version of `distribution` (None when it is not installed)."""
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def check_versions() -> None:
+    """Refuse to run on a paho-mqtt or aiomqtt release outside `VERIFIED`.
+
+    The patches above rely on private names and behaviour that any release may
+    change; an unverified one fails here, before it can misbehave on a live link.
+    """
+    refused, wanted = [], []
+    for distribution, (lowest, first_refused) in VERIFIED.items():
+        installed = installed_version(distribution)
+        if installed is None or not lowest <= _release(installed) < first_refused:
+            spec = f"{distribution}>={_dotted(lowest)},<{_dotted(first_refused)}"
+            refused.append(f"{distribution} {installed or '(not installed)'} (supported: {spec})")
+            wanted.append(f"'{spec}'")
+    if refused:
+        raise UnsupportedDependencyError(
+            f"unsupported {' and '.join(refused)}: voicebus's MQTT transport patches "
+            "internals verified with the supported versions only "
+            f"(voicebus/transport/mqtt/paho_internals.py); pip install {' '.join(wanted)}"
+        )
+
+
+def _release(version: str) -> Release:
+    """The release numbers at the start of `version` (``2.2.0rc1`` -> (2, 2, 0))."""
+    match = re.match(r"\d+(?:\.\d+)*", version)
+    return tuple(int(part) for part in match.group().split(".")) if match else ()
+
+
+def _dotted(release: Release) -> str:
+    return ".".join(str(part) for part in release)

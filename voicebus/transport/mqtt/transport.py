@@ -66,7 +66,7 @@ from .link import (
 )
 from .options import MqttOptions, tls_context
 from .outbox import REQUEUED, Outbox
-from .paho_internals import link_lost, paho_client
+from .paho_internals import check_versions, link_lost, paho_client
 from .properties import pack_message_properties
 from .session_filters import SessionFilters
 
@@ -131,7 +131,10 @@ class MqttTransport:
         With `defer_acks`, a received QoS 1 message is acknowledged when its
         `Message.ack` token comes back through `ack` (PUBACKs in receive order;
         none for a connection that is gone: the broker resends those messages).
+        `UnsupportedDependencyError` when paho-mqtt or aiomqtt is not a version
+        the transport was verified with.
         """
+        check_versions()
         self._on_message = on_message
         self._defer_acks = defer_acks
         self._closing = False
