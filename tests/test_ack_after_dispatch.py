@@ -23,7 +23,7 @@ from tests.broker import Mosquitto
 from tests.helpers import Collector
 from voicebus import Event, EventBus, EventType
 from voicebus.transport import Message
-from voicebus.transport.mqtt.link import Acks, PendingAck
+from voicebus.transport.mqtt.receiver import Acks, PendingAck
 from voicebus.transport.mqtt.transport import MqttTransport
 from voicebus.wire.codec import encode
 from voicebus.wire.routes import ROUTES

@@ -85,7 +85,7 @@ async def _stream_through_restart(
         assert restarting is not None
         await restarting
         tally.gate.set()
-        await _until(lambda: _transport(pub)._online, 10)  # outbox flushed
+        await _until(lambda: _transport(pub).online, 10)  # outbox flushed
         seen = -1
         while len(tally.runs) != seen:  # until all arrived, or nothing more for 0.5 s
             seen = len(tally.runs)

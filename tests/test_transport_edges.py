@@ -136,7 +136,7 @@ async def test_a_transport_connected_again_after_close_starts_afresh(
         await peer.publish(Message("vb/edge/old/x", b"second"))
         await asyncio.sleep(0.3)
         assert [m.payload for m in got] == [b"first"]  # the old filter is gone
-        assert transport._filters.ids == {}
+        assert transport._subscriber.filters.ids == {}
     finally:
         await peer.close()
         await transport.close()
@@ -258,7 +258,7 @@ async def test_queued_message_over_the_broker_packet_limit_becomes_a_dead_letter
         transport.on_publish_failed = lambda m, e: failed.append((m, e))
         await transport.connect(lambda m: None)
         try:
-            assert transport._broker_max_packet == 2000
+            assert transport._publisher.broker_max_packet == 2000
             _break_link(transport)
             await _until(lambda: not transport.connected)
             # The payload fits the payload limit (broker limit less overhead), the

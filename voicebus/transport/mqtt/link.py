@@ -3,14 +3,13 @@
 aiomqtt owns the connection (connect, TLS, socket integration with asyncio,
 keepalive, disconnect). On its paho client we take over:
 
-- received PUBLISH packets (QoS 0 and 1): decoded here (properties by
-  `properties.py`), the 2nd.. copy of an overlap dropped (`is_copy`), handed to
-  `deliver` without a task per message; the PUBACK (paho's public manual
-  acknowledgement) is sent right after, or, when acks are deferred, once the
-  receiver is done (`Acks`, in receive order);
+- received PUBLISH packets: the receive path, `receiver.py`;
 - PUBACKs: they complete the futures the transport registered in flight;
+- CONNACK: session present and the broker's Maximum Packet Size go to the transport;
 - connecting: a link that breaks before CONNACK fails at once (`enter`);
-- reading again after `stop_reading`: `start_reading`, like aiomqtt's own reader.
+- reading again after `stop_reading`: `start_reading`, like aiomqtt's own reader;
+- subscribing with a subscription identifier, waiting for an operation unless the
+  link drops first (`until_lost`), ending a link the broker stopped answering.
 
 The private paho/aiomqtt names this needs are reached through `paho_internals`
 only (the one module that touches them; it says which and why).
@@ -22,14 +21,14 @@ import asyncio
 import logging
 import socket
 import ssl
-from collections import deque
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import aiomqtt
 import paho.mqtt.client as paho_mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ...wire.status import OFFLINE
 from ..base import Message, MessageCallback
@@ -41,9 +40,8 @@ from .paho_internals import (
     link_lost,
     paho_client,
     report_loss,
-    take_over_publish,
 )
-from .properties import MalformedProperties, unpack_publish_properties
+from .receiver import Acks, receive_on
 
 log = logging.getLogger("voicebus.mqtt")
 
@@ -96,61 +94,6 @@ def new_client(url: BusURL, options: MqttOptions, tls: ssl.SSLContext | None) ->
     )
 
 
-class PendingAck:
-    """The PUBACK due for one received QoS 1 PUBLISH (a `Message.ack` token)."""
-
-    __slots__ = ("acks", "done", "mid")
-
-    def __init__(self, acks: Acks, mid: int) -> None:
-        self.acks = acks
-        self.mid = mid
-        self.done = False
-
-
-class Acks:
-    """The PUBACKs due on one connection, sent in the order their PUBLISH packets
-    came (MQTT 5 §4.6): one released behind one not yet released waits for it.
-
-    `close` (the link dropped) discards them: packet ids belong to that connection,
-    and a persistent session's broker sends the unacknowledged messages again.
-    """
-
-    __slots__ = ("_limit", "_paho", "_pending")
-
-    def __init__(self, paho: paho_mqtt.Client, limit: int = 10) -> None:
-        self._paho: paho_mqtt.Client | None = paho
-        self._pending: deque[PendingAck] = deque()
-        self._limit = max(1, limit)
-
-    def __len__(self) -> int:
-        return len(self._pending)
-
-    def expect(self, mid: int) -> PendingAck:
-        """A token for the PUBACK of packet `mid`, just received."""
-        token = PendingAck(self, mid)
-        self._pending.append(token)
-        if len(self._pending) > self._limit:  # keep the broker's window open for replies
-            self.release(self._pending[0])
-        return token
-
-    def release(self, token: PendingAck) -> None:
-        """`token`'s message is done with: send every PUBACK now due (idempotent)."""
-        if token.done:
-            return
-        token.done = True
-        pending = self._pending
-        paho = self._paho
-        while pending and pending[0].done:
-            mid = pending.popleft().mid
-            if paho is not None:
-                paho.ack(mid, 1)
-
-    def close(self) -> None:
-        """The link is gone: send nothing more."""
-        self._paho = None
-        self._pending.clear()
-
-
 def install(
     client: aiomqtt.Client,
     inflight: dict[int, tuple[Message, asyncio.Future[int]]],
@@ -165,14 +108,11 @@ def install(
     persistent session's queued messages already take our path).
 
     PUBACKs complete the futures in `inflight` (by packet id) with their reason
-    code; QoS 0/1 messages go to `deliver` unless `is_copy`; CONNACK details to
-    `connack`. Received QoS 1 messages are acknowledged after `deliver` returns,
-    or with `defer_acks` when their `Message.ack` token is released on the
-    returned `Acks` (at once for a copy, a malformed one or a failing `deliver`).
+    code; CONNACK details go to `connack`; received messages take the receive
+    path (`receiver.receive_on`: `deliver`, `is_copy`, `defer_acks`, `max_unacked`).
     """
     paho = paho_client(client)
-    paho.manual_ack_set(True)  # PUBACKs are ours to send (`Acks`), with `ack`
-    acks = Acks(paho, max_unacked)
+    acks = receive_on(paho, deliver, is_copy, defer_acks=defer_acks, max_unacked=max_unacked)
     aiomqtt_on_publish: Any = paho.on_publish
     aiomqtt_on_connect: Any = paho.on_connect
 
@@ -192,95 +132,9 @@ def install(
         elif aiomqtt_on_publish is not None:
             aiomqtt_on_publish(c, userdata, mid, reason, props)
 
-    def safe_deliver(message: Message) -> None:
-        if not message.retain and is_copy(message):
-            if message.ack is not None:
-                acks.release(cast(PendingAck, message.ack))
-            return
-        try:
-            deliver(message)
-        except Exception:  # a failing receiver must not cost the PUBACK or the link
-            log.exception("receiving %s failed", message.topic)
-            if message.ack is not None:
-                acks.release(cast(PendingAck, message.ack))
-
-    def on_message(c: paho_mqtt.Client, userdata: Any, pm: paho_mqtt.MQTTMessage) -> None:
-        """QoS 2 messages take paho's path (it runs their handshake; voicebus
-        subscribes at QoS 1, so a broker sends none): PUBCOMP once delivered."""
-        props: Any = pm.properties
-        try:
-            topic = pm.topic
-        except UnicodeDecodeError:
-            log.warning("dropping a PUBLISH whose topic is not UTF-8 (protocol violation)")
-            c.ack(pm.mid, pm.qos)
-            return
-        safe_deliver(
-            Message(
-                topic,
-                bytes(pm.payload),
-                pm.qos,
-                bool(pm.retain),
-                getattr(props, "CorrelationData", None),
-                tuple(getattr(props, "UserProperty", None) or ()),
-                getattr(props, "ContentType", None),
-                tuple(getattr(props, "SubscriptionIdentifier", None) or ()),
-            )
-        )
-        c.ack(pm.mid, pm.qos)
-
-    def handle_publish(header: int, data: bytearray) -> bool:
-        qos = (header & 0x06) >> 1
-        if qos == 2:
-            return False
-        message = _parse_publish(data, header, qos)
-        if qos == 1:
-            pos = 2 + int.from_bytes(data[0:2], "big")
-            token = acks.expect(int.from_bytes(data[pos : pos + 2], "big"))
-            if message is not None:
-                if defer_acks:
-                    message.ack = token
-                    safe_deliver(message)
-                    return True
-                safe_deliver(message)
-            acks.release(token)
-        elif message is not None:
-            safe_deliver(message)
-        return True
-
     paho.on_connect = on_connect
     paho.on_publish = on_publish
-    paho.on_message = on_message
-    take_over_publish(paho, handle_publish)
     return acks
-
-
-def _parse_publish(data: bytearray, header: int, qos: int) -> Message | None:
-    """The message in a PUBLISH packet (variable header and payload); None, logged,
-    for a malformed one."""
-    size = int.from_bytes(data[0:2], "big")
-    pos = 2 + size
-    try:
-        topic = bytes(data[2:pos]).decode("utf-8")
-    except UnicodeDecodeError:
-        log.warning("dropping a PUBLISH whose topic is not UTF-8 (protocol violation)")
-        return None
-    if qos:
-        pos += 2
-    try:
-        props, pos = unpack_publish_properties(data, pos)
-    except MalformedProperties as exc:
-        log.warning("malformed properties on %s: %s", topic, exc)
-        return None
-    return Message(
-        topic,
-        bytes(data[pos:]),
-        qos,
-        bool(header & 0x01),
-        props.correlation_data,
-        props.user_properties,
-        props.content_type,
-        props.subscription_ids,
-    )
 
 
 async def enter(client: aiomqtt.Client) -> None:
@@ -348,6 +202,20 @@ async def until_lost(client: aiomqtt.Client, operation: Coroutine[Any, Any, T]) 
         return task.result()
     task.cancel()
     raise LinkLost
+
+
+async def subscribe_on(
+    client: aiomqtt.Client, topic_filter: str, subscription_id: int, qos: int, resubscribe: bool
+) -> list[Any]:
+    """Subscribe `topic_filter` on `client`, its messages tagged with `subscription_id`;
+    the broker's reason codes, as paho gives them (`LinkLost` if the link drops meanwhile)."""
+    props = Properties(PacketTypes.SUBSCRIBE)  # type: ignore[no-untyped-call]
+    props.SubscriptionIdentifier = subscription_id
+    # On a re-subscribe, retained messages only come for a subscription the broker
+    # did not keep (retain handling 1): no replay of what we had.
+    options = SubscribeOptions(qos=qos, retainHandling=1 if resubscribe else 0)
+    subscribing = client.subscribe(topic_filter, options=options, properties=props)
+    return list(await until_lost(client, subscribing))
 
 
 def give_up(client: aiomqtt.Client, error: Exception) -> None:
