@@ -7,7 +7,6 @@ keepalive, disconnect). On its paho client we take over:
 - PUBACKs: they complete the futures the transport registered in flight;
 - CONNACK: session present and the broker's Maximum Packet Size go to the transport;
 - connecting: a link that breaks before CONNACK fails at once (`enter`);
-- reading again after `stop_reading`: `start_reading`, like aiomqtt's own reader;
 - subscribing with a subscription identifier, waiting for an operation unless the
   link drops first (`until_lost`), ending a link the broker stopped answering.
 
@@ -31,7 +30,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ...wire.status import OFFLINE
-from ..base import Message, MessageCallback
+from ..base import Message
 from ..url import BusURL
 from .options import MqttOptions
 from .paho_internals import (
@@ -39,9 +38,8 @@ from .paho_internals import (
     end_link,
     link_lost,
     paho_client,
-    report_loss,
 )
-from .receiver import Acks, receive_on
+from .receiver import Acks, Receiver
 
 log = logging.getLogger("voicebus.mqtt")
 
@@ -64,6 +62,9 @@ def new_client(url: BusURL, options: MqttOptions, tls: ssl.SSLContext | None) ->
     in-flight messages on reconnect, which duplicates them)."""
     o = options
     props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    # Flow control: the broker sends no more QoS 1 messages while this many are
+    # unacknowledged (`receiver.py`: what a paused bus holds is bounded by it).
+    props.ReceiveMaximum = o.receive_maximum
     if o.session_expiry:
         props.SessionExpiryInterval = int(o.session_expiry)
     will = None
@@ -84,7 +85,7 @@ def new_client(url: BusURL, options: MqttOptions, tls: ssl.SSLContext | None) ->
         keepalive=o.keepalive,
         timeout=o.connect_timeout,
         clean_start=not persistent,
-        properties=props if o.session_expiry else None,
+        properties=props,
         tls_context=tls,
         # Without TCP_NODELAY a PUBACK followed by a small publish waits for the
         # peer's delayed ACK: ~40 ms per hop (measured: QoS 1 round trip 88 ms).
@@ -97,22 +98,18 @@ def new_client(url: BusURL, options: MqttOptions, tls: ssl.SSLContext | None) ->
 def install(
     client: aiomqtt.Client,
     inflight: dict[int, tuple[Message, asyncio.Future[int]]],
-    deliver: MessageCallback,
-    is_copy: Callable[[Message], bool],
+    receiver: Receiver,
     connack: Connack,
-    *,
-    defer_acks: bool = False,
-    max_unacked: int = 10,
 ) -> Acks:
     """Take over aiomqtt's hot paths on a new client (before it connects, so a
-    persistent session's queued messages already take our path).
+    persistent session's queued messages already take our path); the PUBACKs
+    due on this link.
 
     PUBACKs complete the futures in `inflight` (by packet id) with their reason
-    code; CONNACK details go to `connack`; received messages take the receive
-    path (`receiver.receive_on`: `deliver`, `is_copy`, `defer_acks`, `max_unacked`).
+    code; CONNACK details go to `connack`; received messages to `receiver`.
     """
     paho = paho_client(client)
-    acks = receive_on(paho, deliver, is_copy, defer_acks=defer_acks, max_unacked=max_unacked)
+    acks = receiver.attach(paho)
     aiomqtt_on_publish: Any = paho.on_publish
     aiomqtt_on_connect: Any = paho.on_connect
 
@@ -222,37 +219,3 @@ def give_up(client: aiomqtt.Client, error: Exception) -> None:
     """End `client`'s link now (its broker stopped answering): the loss is reported
     as `error`, the socket closed."""
     end_link(client, error)
-
-
-def stop_reading(paho: paho_mqtt.Client | None) -> None:
-    """Stop reading `paho`'s socket (`start_reading` resumes)."""
-    sock = paho.socket() if paho is not None else None
-    if sock is not None:
-        asyncio.get_running_loop().remove_reader(sock.fileno())
-
-
-def start_reading(client: aiomqtt.Client) -> None:
-    """Read `client`'s socket again after `stop_reading`."""
-    sock = paho_client(client).socket()
-    if sock is not None:
-        asyncio.get_running_loop().add_reader(sock.fileno(), _reader(client))
-
-
-def _reader(client: aiomqtt.Client) -> Callable[[], None]:
-    """A socket read callback for `client`, as aiomqtt's own (which `stop_reading`
-    removed): it also drains what TLS has already decrypted, and a read error ends
-    the link."""
-    paho = paho_client(client)
-
-    def read() -> None:
-        try:
-            while True:
-                paho.loop_read()
-                raw: Any = paho.socket()
-                if hasattr(raw, "pending") and raw.pending() > 0:
-                    continue
-                break
-        except Exception as exc:
-            report_loss(client, exc)
-
-    return read

@@ -19,8 +19,9 @@ paho-mqtt (`paho.mqtt.client.Client`)
 aiomqtt (`aiomqtt.Client`)
 - ``_client`` (`paho_client`): its paho client, which has no public accessor; we
   install the patches and callbacks above on it and publish on it directly
-  (pre-packed properties, our own PUBACK futures: see `FACTS.md`).
-- ``_disconnected`` (`link_lost`, `report_loss`, `end_link`): the future that completes when the
+  (pre-packed properties, our own PUBACK futures: aiomqtt's awaited publish
+  costs an Event, a task and a thread-safe wake-up per message).
+- ``_disconnected`` (`link_lost`, `end_link`): the future that completes when the
   link drops. aiomqtt only reports a loss to a call waiting on it, after that
   call's timeout; we wake on it at once (requeue what is in flight, reconnect).
 
@@ -28,7 +29,8 @@ These were verified with the versions in `VERIFIED` (`check_versions` refuses
 others with `UnsupportedDependencyError`; ``.ci/run`` tests both ends of the
 range). aiomqtt 3 no longer builds on paho (it is a sans-I/O MQTT 5 codec with a
 public ``puback()``, subscription ids and Receive Maximum): moving to it means
-replacing this module and the few functions of `link.py` that call it.
+replacing this module and what calls it: `link.py` (one link), `receiver.py` (the
+receive path) and the paho client `publisher.py` publishes on.
 """
 
 from __future__ import annotations
@@ -93,16 +95,12 @@ def close_socket(paho: paho_mqtt.Client) -> None:
     paho._sock_close()  # noqa: SLF001
 
 
-def report_loss(client: aiomqtt.Client, error: Exception) -> None:
-    """Report `client`'s link as lost (`link_lost`) with `error`, unless it already was."""
+def end_link(client: aiomqtt.Client, error: Exception) -> None:
+    """End `client`'s link now: the loss reported (`link_lost`) as `error`, unless it
+    already was, and the socket closed."""
     lost = client._disconnected  # noqa: SLF001
     if not lost.done():
         lost.set_exception(error)
-
-
-def end_link(client: aiomqtt.Client, error: Exception) -> None:
-    """End `client`'s link now: the loss reported as `error`, the socket closed."""
-    report_loss(client, error)
     client._client._sock_close()  # noqa: SLF001
 
 

@@ -14,6 +14,9 @@ users, composed from one module per concept:
   de-duplicate by source and event id).
 - **Status**: a retained ``voicebus/status/<clientId>`` ``online`` on every
   connect, ``offline`` on `close` and as the Last Will.
+- **Flow control** (`receiver.py`): `pause_reading` never stops reading the
+  socket (keepalives go on); received messages are held and their PUBACKs
+  withheld, and the broker stops at the client's Receive Maximum.
 
 The per-message hot paths talk to the paho client directly: publishing
 (`publisher.py`) with pre-packed properties, completing our own PUBACK futures;
@@ -52,13 +55,11 @@ from .link import (
     install,
     new_client,
     paho_log,
-    start_reading,
-    stop_reading,
 )
 from .options import MqttOptions, tls_context
 from .paho_internals import check_versions, link_lost, paho_client
 from .publisher import Publisher, PublishFailed
-from .receiver import PendingAck
+from .receiver import PendingAck, Receiver
 from .subscriber import Subscriber
 
 __all__ = ["BROKER_HINT", "MqttOptions", "MqttTransport", "paho_log"]
@@ -76,14 +77,13 @@ class MqttTransport:
         self._link: aiomqtt.Client | None = None  # the current link (its aiomqtt client)
         self._paho: paho_mqtt.Client | None = None
         self._on_message: MessageCallback | None = None
-        self._defer_acks = False
+        self._receiver: Receiver | None = None
         self._publisher = Publisher(self.url, options, self._check_open)
         self._outbox = self._publisher.outbox
         self._inflight = self._outbox.inflight  # the hot paths' shortcut
         self._closing = False
         self._failed: Exception | None = None
         self._subscriber = Subscriber(self.url, options)
-        self._paused = False
         self._tls: ssl.SSLContext | None = None
         self._link_lost = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
@@ -133,7 +133,12 @@ class MqttTransport:
         """
         check_versions()
         self._on_message = on_message
-        self._defer_acks = defer_acks
+        self._receiver = Receiver(
+            on_message,
+            self._subscriber.filters.is_copy,
+            defer_acks=defer_acks,
+            max_unacked=self.options.max_unacked,
+        )
         self._closing = False
         self._failed = None
         client = await self._open()
@@ -155,18 +160,10 @@ class MqttTransport:
 
     async def _open(self) -> aiomqtt.Client:
         """A fresh, connected aiomqtt client with our hot paths installed."""
-        deliver = self._on_message
-        assert deliver is not None  # set by `connect`
+        receiver = self._receiver
+        assert receiver is not None  # made by `connect`
         client = new_client(self._url, self.options, self._tls_context())
-        acks = install(
-            client,
-            self._inflight,
-            deliver,
-            self._subscriber.filters.is_copy,
-            self._connack,
-            defer_acks=self._defer_acks,
-            max_unacked=self.options.max_unacked,
-        )
+        acks = install(client, self._inflight, receiver, self._connack)
         try:
             await enter(client)
         except aiomqtt.MqttError as exc:
@@ -267,8 +264,6 @@ class MqttTransport:
         if self._link is not client:
             return False
         self._publisher.online = True
-        if self._paused:
-            stop_reading(self._paho)
         return True
 
     def _giving_up(self, client: aiomqtt.Client) -> Callable[[str], None]:
@@ -320,7 +315,8 @@ class MqttTransport:
         self._paho = None
         self._publisher.link_down()
         self._subscriber.reset()
-        self._paused = False
+        if self._receiver is not None and (held := self._receiver.clear()):
+            log.info("%d received message(s) not handed to the bus before stop", held)
         if client is not None:
             await self._exit(client)
 
@@ -358,23 +354,20 @@ class MqttTransport:
     async def unsubscribe(self, topic_filter: str) -> None:
         await self._subscriber.unsubscribe(self._link, topic_filter, closing=self._closing)
 
-    # --- flow control --------------------------------------------------------------
+    # --- flow control (`receiver.py`: the socket is always read) -------------------------
 
-    # A paused transport keeps reading while a new connection is being resumed
-    # (status, re-subscribe, outbox: their acknowledgements must be read), and
-    # stops once that is done.
+    @property
+    def held(self) -> int:
+        """Messages received but not yet handed to the bus, which paused reading."""
+        return self._receiver.held if self._receiver is not None else 0
 
     def pause_reading(self) -> None:
-        if self._paused:
-            return
-        self._paused = True
-        if self._publisher.online:
-            stop_reading(self._paho)
+        """Hand no more messages to the bus, and acknowledge none more, until
+        `resume_reading`; the broker stops at Receive Maximum unacknowledged."""
+        if self._receiver is not None:
+            self._receiver.pause()
 
     def resume_reading(self) -> None:
-        if not self._paused:
-            return
-        self._paused = False
-        client = self._link
-        if client is not None:
-            start_reading(client)
+        """Hand over what was held, then messages as they come."""
+        if self._receiver is not None:
+            self._receiver.resume()
