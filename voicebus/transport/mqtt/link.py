@@ -35,6 +35,7 @@ from ..url import BusURL
 from .options import MqttOptions
 from .paho_internals import (
     close_socket,
+    disconnect_reason,
     end_link,
     link_lost,
     paho_client,
@@ -51,6 +52,9 @@ T = TypeVar("T")
 
 Connack = Callable[[bool, int | None], None]
 """Takes a CONNACK: session present, the broker's Maximum Packet Size."""
+Disconnect = Callable[[int], None]
+"""Takes the reason code of a DISCONNECT the broker sent (not called for a link
+that broke without one)."""
 
 
 class LinkLost(Exception):
@@ -100,18 +104,31 @@ def install(
     inflight: dict[int, tuple[Message, asyncio.Future[int]]],
     receiver: Receiver,
     connack: Connack,
+    disconnect: Disconnect,
 ) -> Acks:
     """Take over aiomqtt's hot paths on a new client (before it connects, so a
     persistent session's queued messages already take our path); the PUBACKs
     due on this link.
 
     PUBACKs complete the futures in `inflight` (by packet id) with their reason
-    code; CONNACK details go to `connack`; received messages to `receiver`.
+    code; CONNACK details go to `connack`, the reason of a DISCONNECT from the
+    broker to `disconnect` (before the loss is reported); received messages to
+    `receiver`.
     """
     paho = paho_client(client)
     acks = receiver.attach(paho)
     aiomqtt_on_publish: Any = paho.on_publish
     aiomqtt_on_connect: Any = paho.on_connect
+    aiomqtt_on_disconnect: Any = paho.on_disconnect
+
+    def on_disconnect(c: paho_mqtt.Client, userdata: Any, flags: Any, *args: Any) -> None:
+        if getattr(flags, "is_disconnect_packet_from_server", False):
+            code = disconnect_reason(c)
+            if code is None and args:
+                code = int(getattr(args[0], "value", args[0]))
+            if code is not None:
+                disconnect(code)
+        aiomqtt_on_disconnect(c, userdata, flags, *args)
 
     def on_connect(c: paho_mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         connack(
@@ -131,6 +148,7 @@ def install(
 
     paho.on_connect = on_connect
     paho.on_publish = on_publish
+    paho.on_disconnect = on_disconnect
     return acks
 
 

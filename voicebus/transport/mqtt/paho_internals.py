@@ -12,6 +12,10 @@ paho-mqtt (`paho.mqtt.client.Client`)
   about half of a receive), and without paho's automatic PUBACK: the transport
   sends that itself, through paho's public manual acknowledgement
   (``manual_ack_set(True)`` and ``ack(mid, 1)``), once its receiver is done.
+- ``_in_packet`` again (`disconnect_reason`): the reason code of a DISCONNECT
+  the broker sent, read from the packet itself, because paho 2.1 drops it when
+  the packet carries no properties (Mosquitto's "malformed packet" arrives as a
+  normal disconnection); the transport needs it to tell a refusal from a restart.
 - ``_sock_close`` (`close_socket`, `end_link`): end a link at once, as paho does
   on a keepalive timeout, when a connect broke before its CONNACK or the broker
   stopped acknowledging (``disconnect()`` would wait for a broker that is gone).
@@ -88,6 +92,16 @@ def take_over_publish(paho: paho_mqtt.Client, handle: PublishHandler) -> None:
         return original()
 
     paho._handle_publish = handle_publish  # type: ignore[method-assign]  # noqa: SLF001
+
+
+def disconnect_reason(paho: paho_mqtt.Client) -> int | None:
+    """The reason code of the DISCONNECT packet `paho` is handling (call it from
+    ``on_disconnect``); None when it is not handling one."""
+    packet = paho._in_packet  # noqa: SLF001
+    if packet.get("command", 0) & 0xF0 != 0xE0:
+        return None
+    data = packet.get("packet") or b""
+    return data[0] if data else 0  # no reason code: normal disconnection
 
 
 def close_socket(paho: paho_mqtt.Client) -> None:

@@ -6,6 +6,19 @@ in `Outbox.inflight`, completed by `link.py`). While the link is down or being
 resumed, messages go into the `Outbox` and `flush` sends them, in order, once
 the next link is up. It also enforces the payload limit and the broker's
 Maximum Packet Size (a packet over it would cost the link).
+
+**A message the broker refuses by closing the link** (Mosquitto sends a
+DISCONNECT "malformed packet" for a PUBLISH with a control character in its
+topic) would be sent again after every reconnect, without end. So when the
+broker closes a link with a DISCONNECT that refuses something, the oldest
+message still waiting for its PUBACK becomes the *suspect*; on the next link it
+is sent alone (after everything before it is acknowledged, nothing after it
+until it is): if the broker refuses that link too, with the suspect the last
+thing sent, it is taken out of the outbox and reported through
+`on_publish_failed` (a dead letter, ``broker_refused``). One poison message costs
+two or three reconnects, and everything queued behind it then goes through. A
+link that breaks without a DISCONNECT (a broker crash or restart looks the same)
+never counts: the message is kept and sent again.
 """
 
 from __future__ import annotations
@@ -54,6 +67,12 @@ class Publisher:
         self.broker_max_packet: int | None = None
         self.payload_limit = options.max_payload_size
         self.on_publish_failed: PublishFailed | None = None
+        self._suspect: Message | None = None
+        """The oldest unacknowledged message when the broker last closed a link."""
+        self._probe: Message | None = None
+        """The suspect, sent alone on this link, while its PUBACK is due."""
+        self._last_sent: Message | None = None
+        """The last message `send` put on the link (the probe must be it)."""
 
     # --- the link ------------------------------------------------------------------
 
@@ -70,9 +89,31 @@ class Publisher:
         self.link = None
         self.online = False
 
-    def requeue(self) -> None:
-        """The link dropped: wake every PUBACK waiter, queue their messages again."""
-        self.outbox.requeue(self.outbox.release())
+    def requeue(self, refused: bool, reason: object) -> None:
+        """The link dropped: wake every PUBACK waiter, queue their messages again.
+
+        `refused`: the broker closed the link refusing something we sent (`reason`):
+        the oldest unacknowledged message becomes the suspect, and a suspect sent
+        alone is taken out and reported.
+        """
+        unacknowledged = self.outbox.release()
+        probe, self._probe = self._probe, None
+        if refused:
+            if probe is not None and probe is self._last_sent and probe in unacknowledged:
+                unacknowledged.remove(probe)
+                self._suspect = None
+                self.undeliverable(probe, self._broker_refused(probe, reason))
+            else:
+                self._suspect = unacknowledged[0] if unacknowledged else None
+        self.outbox.requeue(unacknowledged)
+
+    def _broker_refused(self, message: Message, reason: object) -> TransportError:
+        return TransportError(
+            f"broker_refused: {self.url} closed the connection twice after the publish "
+            f"on {message.topic!r}, the second time with nothing sent after it "
+            f"({reason}); it was taken out of the outbox so that it cannot cost more "
+            "reconnects (a topic, property or payload the broker finds malformed?)"
+        )
 
     # --- publishing -----------------------------------------------------------------
 
@@ -140,6 +181,7 @@ class Publisher:
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             self.refused(message, int(info.rc))
             return None
+        self._last_sent = message
         if message.qos == 0:
             return None
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
@@ -149,18 +191,27 @@ class Publisher:
 
     async def flush(self, paho: paho_mqtt.Client, give_up: Callable[[str], None]) -> None:
         """Send the outbox in order on `paho`, up to `FLUSH_WINDOW` QoS 1 messages in
-        flight; `LinkLost` when that link drops (`give_up` ends it when the broker
-        stops acknowledging)."""
+        flight, the suspect alone; `LinkLost` when that link drops (`give_up` ends
+        it when the broker stops acknowledging)."""
         queued = self.outbox.queued
         window: deque[tuple[Message, asyncio.Future[int]]] = deque()
         while queued or window:
             while queued and len(window) < FLUSH_WINDOW:
                 if self.link is not paho:
                     raise LinkLost
+                suspect = queued[0] is self._suspect
+                if suspect and window:
+                    break  # the suspect goes alone, once everything before it is acknowledged
                 message = queued.popleft()
                 fut = self.send(paho, message)
                 if fut is not None:
                     window.append((message, fut))
+                if suspect:
+                    if fut is None:  # not a QoS 1 message in flight: nothing to probe
+                        self._suspect = None
+                        continue
+                    self._probe = message
+                    break  # ... and nothing after it until it is
             if not window:
                 continue
             message, fut = window.popleft()
@@ -175,6 +226,8 @@ class Publisher:
             code = fut.result()
             if code == REQUEUED:
                 raise LinkLost
+            if message is self._suspect:  # answered: innocent
+                self._suspect = self._probe = None
             if code >= 0x80:
                 self.refused(message, code)
             elif self.options.resend_window:

@@ -163,7 +163,8 @@ class MqttTransport:
         receiver = self._receiver
         assert receiver is not None  # made by `connect`
         client = new_client(self._url, self.options, self._tls_context())
-        acks = install(client, self._inflight, receiver, self._connack)
+        said: list[int] = []  # the reason of a DISCONNECT the broker sent, if it did
+        acks = install(client, self._inflight, receiver, self._connack, said.append)
         try:
             await enter(client)
         except aiomqtt.MqttError as exc:
@@ -173,15 +174,18 @@ class MqttTransport:
         self._publisher.link_up(self._paho, self._broker_max_packet)
         lost = link_lost(client)
         lost.add_done_callback(lambda _: acks.close())
-        lost.add_done_callback(lambda fut: self._lost(client, fut))
+        lost.add_done_callback(lambda fut: self._lost(client, fut, said))
         return client
 
     def _connack(self, session_present: bool, max_packet: int | None) -> None:
         self.session_present = session_present
         self._broker_max_packet = max_packet
 
-    def _lost(self, client: aiomqtt.Client, fut: asyncio.Future[None]) -> None:
-        """`client`'s link dropped: requeue what is in flight, wake the supervisor."""
+    def _lost(
+        self, client: aiomqtt.Client, fut: asyncio.Future[None], said: list[int]
+    ) -> None:
+        """`client`'s link dropped: requeue what is in flight, wake the supervisor.
+        `said`: the reason code of the broker's DISCONNECT, if it sent one."""
         error = None if fut.cancelled() else fut.exception()
         if client is not self._link:
             return
@@ -193,7 +197,7 @@ class MqttTransport:
             return
         reason = error or "the broker closed the connection"
         log.warning("connection to %s lost: %s", self.url, reason)
-        self._publisher.requeue()  # wakes whoever waits for a PUBACK
+        self._publisher.requeue(_refusal(said), reason)  # wakes the PUBACK waiters
         if not self.options.reconnect:
             self._failed = TransportError(f"connection to {self.url} lost: {reason}")
         self._link_lost.set()
@@ -201,7 +205,7 @@ class MqttTransport:
     def _give_up(self, client: aiomqtt.Client, reason: str) -> None:
         """End `client`'s link now, as lost (what is in flight goes back to the outbox)."""
         give_up(client, TransportError(reason))
-        self._lost(client, link_lost(client))
+        self._lost(client, link_lost(client), [])
 
     def _abandon(self) -> None:
         """Closing: fail every publish still waiting for its PUBACK."""
@@ -371,3 +375,16 @@ class MqttTransport:
         """Hand over what was held, then messages as they come."""
         if self._receiver is not None:
             self._receiver.resume()
+
+
+_NOT_A_REFUSAL = frozenset({0x8B, 0x8D, 0x8E, 0x9C, 0x9D})
+"""DISCONNECT reason codes that say nothing about what we sent: server shutting
+down, keepalive timeout, session taken over, use another server, server moved."""
+
+
+def _refusal(said: list[int]) -> bool:
+    """Did the broker close the link over something we sent? Only when it said so
+    with a DISCONNECT (Mosquitto: 0x81 malformed packet): a link that just broke
+    looks the same whether the broker crashed, restarted or refused, and a
+    message must not be dropped for a broker restart."""
+    return bool(said) and said[-1] >= 0x80 and said[-1] not in _NOT_A_REFUSAL
