@@ -365,6 +365,11 @@ class MqttTransport:
         """Messages received but not yet handed to the bus, which paused reading."""
         return self._receiver.held if self._receiver is not None else 0
 
+    @property
+    def dropped_qos0(self) -> int:
+        """QoS 0 messages dropped because too many were held (`receiver.QOS0_HELD_MAX`)."""
+        return self._receiver.dropped_qos0 if self._receiver is not None else 0
+
     def pause_reading(self) -> None:
         """Hand no more messages to the bus, and acknowledge none more, until
         `resume_reading`; the broker stops at Receive Maximum unacknowledged."""
