@@ -27,7 +27,7 @@ from tests.broker import Mosquitto
 from tests.helpers import Collector, eventually, marker
 from voicebus import Event, EventBus, EventType
 from voicebus.transport import Message
-from voicebus.transport.mqtt.link import Acks, PendingAck
+from voicebus.transport.mqtt.receiver import Acks, PendingAck
 from voicebus.transport.mqtt.transport import MqttTransport
 from voicebus.wire.codec import encode
 from voicebus.wire.routes import ROUTES
@@ -109,7 +109,12 @@ async def test_events_whose_handlers_had_not_finished_come_back_after_a_crash(
 
 @pytest.fixture
 def pubacks(monkeypatch: pytest.MonkeyPatch) -> list[tuple[paho_mqtt.Client, int]]:
-    """Every PUBACK sent in this process: (paho client, packet id)."""
+    """Every PUBACK sent in this process: (paho client, packet id).
+
+    Spied on paho's private ``_send_puback`` on purpose, not on the public
+    ``ack`` the transport calls: it is where every PUBACK is written, so one paho
+    sent on its own (manual acknowledgement off) would be recorded too.
+    """
     sent: list[tuple[paho_mqtt.Client, int]] = []
     original = paho_mqtt.Client._send_puback  # an internal: where paho sends a PUBACK
 
@@ -243,7 +248,8 @@ class _FakePaho:
     def __init__(self) -> None:
         self.sent: list[int] = []
 
-    def _send_puback(self, mid: int) -> None:
+    def ack(self, mid: int, qos: int) -> None:
+        assert qos == 1
         self.sent.append(mid)
 
 

@@ -119,7 +119,7 @@ async def test_outage_outbox_backpressure_resubscribe_and_flush(
         bus.subscribe(EventType.SPEECH_DETECTED, got)
         await bus.emit(EventType.SPEECH_DETECTED, {"text": "before"})
         await got.wait(1)
-        first_client = _transport(bus)._client  # an internal: one aiomqtt client per link
+        first_client = _transport(bus)._link  # an internal: one aiomqtt client per link
         await asyncio.to_thread(broker.stop)
         await eventually(lambda: not _transport(bus).connected)
         for i in range(5):  # returns at once: the events wait in the outbox
@@ -132,7 +132,7 @@ async def test_outage_outbox_backpressure_resubscribe_and_flush(
         await asyncio.to_thread(broker.start)
         events = await got.wait(6)
         assert [e.data["text"] for e in events] == ["before"] + [f"out{i}" for i in range(5)]
-        assert _transport(bus)._client is not first_client  # a fresh client per connection
+        assert _transport(bus)._link is not first_client  # a fresh client per connection
         await bus.emit(EventType.TTS_STARTED, {"text": "hello"})
         assert (await late.wait(1))[0].data["text"] == "hello"
         assert _transport(bus).outbox_size == 0

@@ -131,7 +131,7 @@ async def test_a_transport_connected_again_after_close_starts_afresh(
     assert not transport._outbox._recent  # nothing to send again on the next link
 
     await transport.connect(got.append)
-    assert transport._filters.ids == {}
+    assert transport._subscriber.filters.ids == {}
     peer = _transport(broker, status=False)
     await peer.connect(lambda m: None)
     try:
@@ -140,7 +140,7 @@ async def test_a_transport_connected_again_after_close_starts_afresh(
         await peer.publish(Message("vb/edge/marker", b"marker"))  # delivered in order
         await eventually(lambda: len(got) >= 2)
         assert [m.payload for m in got] == [b"first", b"marker"]  # the old filter is gone
-        assert transport._filters.ids == {"vb/edge/marker": 2}
+        assert transport._subscriber.filters.ids == {"vb/edge/marker": 2}
     finally:
         await peer.close()
         await transport.close()
@@ -262,7 +262,7 @@ async def test_queued_message_over_the_broker_packet_limit_becomes_a_dead_letter
         transport.on_publish_failed = lambda m, e: failed.append((m, e))
         await transport.connect(lambda m: None)
         try:
-            assert transport._broker_max_packet == 2000
+            assert transport._publisher.broker_max_packet == 2000
             _break_link(transport)
             await eventually(lambda: not transport.connected)
             # The payload fits the payload limit (broker limit less overhead), the

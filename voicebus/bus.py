@@ -183,7 +183,7 @@ class EventBus:
             # With a persistent session, acknowledge a QoS 1 message only after its
             # handlers ran, so a crash in between gets it redelivered. Without one the
             # broker forgets unacknowledged messages anyway, and acknowledging at once
-            # keeps the broker's in-flight window (Mosquitto: max_inflight_messages)
+            # keeps the broker's in-flight window (our Receive Maximum: see config.py)
             # from stalling a handler that awaits a reply behind a full queue.
             defer = bool(self.config.session_expiry)
             await transport.connect(self._inbound.on_message, defer_acks=defer)
@@ -491,6 +491,7 @@ class EventBus:
                 "queue_size": len(self._dispatcher),
                 "max_queue_size": self.max_queue_size,
                 "pending_waits": len(self._waiters),
+                "reconnects": getattr(self._transport, "reconnects", 0),
             }
         )
         return stats

@@ -66,7 +66,9 @@ class MqttSettings:
     """Publish the retained ``voicebus/status/<clientId>`` online/offline and Last Will."""
     max_unacked: int = 10
     """With a persistent session, received QoS 1 messages whose PUBACK waits for
-    their handlers; must stay below the broker's in-flight window."""
+    their handlers. The client's Receive Maximum is twice this: the broker's window
+    (it sends no more QoS 1 messages while that many are unacknowledged), which
+    also bounds what the transport holds while the bus is behind."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,7 +76,8 @@ class BusConfig(MqttSettings):
     """All settings of an `EventBus` (the MQTT ones are inherited from `MqttSettings`)."""
 
     max_queue_size: int = 1000
-    """Received events waiting for dispatch before the transport stops reading."""
+    """Received events waiting for dispatch before the transport holds the next ones
+    back (MQTT: withheld PUBACKs, the broker stops at the Receive Maximum)."""
     enable_history: bool = True
     """Keep the last `history_size` events for `get_event_history`."""
     history_size: int = 100

@@ -95,3 +95,7 @@ class DeadLetterNotFoundError(VoicebusError, LookupError):
 
 class DemoError(VoicebusError):
     """The simulated pipeline stalled (a service did not answer in time)."""
+
+
+class UnsupportedDependencyError(VoicebusError, RuntimeError):
+    """An installed dependency (paho-mqtt, aiomqtt) is outside the versions voicebus supports."""

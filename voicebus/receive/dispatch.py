@@ -2,8 +2,8 @@
 
 The transport callback queues decoded events here; one task takes them out and,
 once an event is handled, acknowledges its message (`Message.ack`) to the transport.
-When `max_queue_size` events wait, the transport is paused (it stops reading the
-socket, so the broker holds the rest) and resumed at half; nothing is dropped.
+When `max_queue_size` events wait, the transport is paused (it delivers no more:
+over MQTT it withholds PUBACKs, so the broker holds the rest) and resumed at half.
 
 Nothing a handler, a ``filter_func`` or a middleware raises stops dispatch: any
 exception, ``asyncio.CancelledError`` and ``GeneratorExit`` included, is that

@@ -2,8 +2,8 @@
 
 A transport pushes each inbound `Message` to the callback given to `connect`
 (like an asyncio ``Protocol``: no task hop per message), and honours
-`pause_reading` / `resume_reading` so a full receive queue stops reading instead
-of dropping anything.
+`pause_reading` / `resume_reading` so a full receive queue stops the flow instead
+of dropping anything (over MQTT by flow control: the link stays up).
 """
 
 from __future__ import annotations

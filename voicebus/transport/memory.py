@@ -58,7 +58,7 @@ class MemoryBroker:
         """For each shared subscription matching `topic`, the member whose turn it is."""
         groups: dict[str, list[tuple[MemoryTransport, int]]] = {}
         for client in self.clients:
-            if client._on_message is None:
+            if not client.connected:
                 continue
             for topic_filter, sid in client.shared_matching(topic):
                 groups.setdefault(topic_filter, []).append((client, sid))
@@ -85,6 +85,10 @@ class MemoryTransport:
         self._paused = False
         self._resumed = asyncio.Event()
         self._resumed.set()
+
+    @property
+    def connected(self) -> bool:
+        return self._on_message is not None
 
     async def connect(self, on_message: MessageCallback, *, defer_acks: bool = False) -> None:
         self._on_message = on_message

@@ -1,6 +1,7 @@
 """The MQTT 5 transport (``mqtt://``, ``mqtts://``) on aiomqtt and paho.
 
-Every access to a private paho/aiomqtt name lives in `link` (ruff SLF001 marks it).
+Every access to a private paho/aiomqtt name lives in `paho_internals` (ruff SLF001
+refuses one anywhere else; each line there is marked).
 """
 
 from .options import MqttOptions

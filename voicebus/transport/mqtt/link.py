@@ -3,16 +3,15 @@
 aiomqtt owns the connection (connect, TLS, socket integration with asyncio,
 keepalive, disconnect). On its paho client we take over:
 
-- received PUBLISH packets (QoS 0 and 1): decoded here (properties by
-  `properties.py`), the 2nd.. copy of an overlap dropped (`is_copy`), handed to
-  `deliver` without a task per message; the PUBACK is sent right after, or, when
-  acks are deferred, once the receiver is done (`Acks`, in receive order);
+- received PUBLISH packets: the receive path, `receiver.py`;
 - PUBACKs: they complete the futures the transport registered in flight;
+- CONNACK: session present and the broker's Maximum Packet Size go to the transport;
 - connecting: a link that breaks before CONNACK fails at once (`enter`);
-- reading again after `stop_reading`: `start_reading`, like aiomqtt's own reader.
+- subscribing with a subscription identifier, waiting for an operation unless the
+  link drops first (`until_lost`), ending a link the broker stopped answering.
 
-These use paho internals (``_handle_publish``, ``_in_packet``, ``_send_puback``,
-``_sock``, ``_sock_close``) and aiomqtt's (``_client``, ``_disconnected``).
+The private paho/aiomqtt names this needs are reached through `paho_internals`
+only (the one module that touches them; it says which and why).
 """
 
 from __future__ import annotations
@@ -21,21 +20,27 @@ import asyncio
 import logging
 import socket
 import ssl
-from collections import deque
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import aiomqtt
 import paho.mqtt.client as paho_mqtt
-from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ...wire.status import OFFLINE
-from ..base import Message, MessageCallback
+from ..base import Message
 from ..url import BusURL
 from .options import MqttOptions
-from .properties import MalformedProperties, unpack_publish_properties
+from .paho_internals import (
+    close_socket,
+    disconnect_reason,
+    end_link,
+    link_lost,
+    paho_client,
+)
+from .receiver import Acks, Receiver
 
 log = logging.getLogger("voicebus.mqtt")
 
@@ -47,6 +52,9 @@ T = TypeVar("T")
 
 Connack = Callable[[bool, int | None], None]
 """Takes a CONNACK: session present, the broker's Maximum Packet Size."""
+Disconnect = Callable[[int], None]
+"""Takes the reason code of a DISCONNECT the broker sent (not called for a link
+that broke without one)."""
 
 
 class LinkLost(Exception):
@@ -58,6 +66,9 @@ def new_client(url: BusURL, options: MqttOptions, tls: ssl.SSLContext | None) ->
     in-flight messages on reconnect, which duplicates them)."""
     o = options
     props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    # Flow control: the broker sends no more QoS 1 messages while this many are
+    # unacknowledged (`receiver.py`: what a paused bus holds is bounded by it).
+    props.ReceiveMaximum = o.receive_maximum
     if o.session_expiry:
         props.SessionExpiryInterval = int(o.session_expiry)
     will = None
@@ -78,7 +89,7 @@ def new_client(url: BusURL, options: MqttOptions, tls: ssl.SSLContext | None) ->
         keepalive=o.keepalive,
         timeout=o.connect_timeout,
         clean_start=not persistent,
-        properties=props if o.session_expiry else None,
+        properties=props,
         tls_context=tls,
         # Without TCP_NODELAY a PUBACK followed by a small publish waits for the
         # peer's delayed ACK: ~40 ms per hop (measured: QoS 1 round trip 88 ms).
@@ -88,84 +99,36 @@ def new_client(url: BusURL, options: MqttOptions, tls: ssl.SSLContext | None) ->
     )
 
 
-class PendingAck:
-    """The PUBACK due for one received QoS 1 PUBLISH (a `Message.ack` token)."""
-
-    __slots__ = ("acks", "done", "mid")
-
-    def __init__(self, acks: Acks, mid: int) -> None:
-        self.acks = acks
-        self.mid = mid
-        self.done = False
-
-
-class Acks:
-    """The PUBACKs due on one connection, sent in the order their PUBLISH packets
-    came (MQTT 5 §4.6): one released behind one not yet released waits for it.
-
-    `close` (the link dropped) discards them: packet ids belong to that connection,
-    and a persistent session's broker sends the unacknowledged messages again.
-    """
-
-    __slots__ = ("_limit", "_paho", "_pending")
-
-    def __init__(self, paho: paho_mqtt.Client, limit: int = 10) -> None:
-        self._paho: paho_mqtt.Client | None = paho
-        self._pending: deque[PendingAck] = deque()
-        self._limit = max(1, limit)
-
-    def __len__(self) -> int:
-        return len(self._pending)
-
-    def expect(self, mid: int) -> PendingAck:
-        """A token for the PUBACK of packet `mid`, just received."""
-        token = PendingAck(self, mid)
-        self._pending.append(token)
-        if len(self._pending) > self._limit:  # keep the broker's window open for replies
-            self.release(self._pending[0])
-        return token
-
-    def release(self, token: PendingAck) -> None:
-        """`token`'s message is done with: send every PUBACK now due (idempotent)."""
-        if token.done:
-            return
-        token.done = True
-        pending = self._pending
-        paho = self._paho
-        while pending and pending[0].done:
-            mid = pending.popleft().mid
-            if paho is not None:
-                paho._send_puback(mid)
-
-    def close(self) -> None:
-        """The link is gone: send nothing more."""
-        self._paho = None
-        self._pending.clear()
-
-
 def install(
     client: aiomqtt.Client,
     inflight: dict[int, tuple[Message, asyncio.Future[int]]],
-    deliver: MessageCallback,
-    is_copy: Callable[[Message], bool],
+    receiver: Receiver,
     connack: Connack,
-    *,
-    defer_acks: bool = False,
-    max_unacked: int = 10,
+    disconnect: Disconnect,
 ) -> Acks:
     """Take over aiomqtt's hot paths on a new client (before it connects, so a
-    persistent session's queued messages already take our path).
+    persistent session's queued messages already take our path); the PUBACKs
+    due on this link.
 
     PUBACKs complete the futures in `inflight` (by packet id) with their reason
-    code; QoS 0/1 messages go to `deliver` unless `is_copy`; CONNACK details to
-    `connack`. Received QoS 1 messages are acknowledged after `deliver` returns,
-    or with `defer_acks` when their `Message.ack` token is released on the
-    returned `Acks` (at once for a copy, a malformed one or a failing `deliver`).
+    code; CONNACK details go to `connack`, the reason of a DISCONNECT from the
+    broker to `disconnect` (before the loss is reported); received messages to
+    `receiver`.
     """
-    paho = client._client
-    acks = Acks(paho, max_unacked)
+    paho = paho_client(client)
+    acks = receiver.attach(paho)
     aiomqtt_on_publish: Any = paho.on_publish
     aiomqtt_on_connect: Any = paho.on_connect
+    aiomqtt_on_disconnect: Any = paho.on_disconnect
+
+    def on_disconnect(c: paho_mqtt.Client, userdata: Any, flags: Any, *args: Any) -> None:
+        if getattr(flags, "is_disconnect_packet_from_server", False):
+            code = disconnect_reason(c)
+            if code is None and args:
+                code = int(getattr(args[0], "value", args[0]))
+            if code is not None:
+                disconnect(code)
+        aiomqtt_on_disconnect(c, userdata, flags, *args)
 
     def on_connect(c: paho_mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         connack(
@@ -183,97 +146,10 @@ def install(
         elif aiomqtt_on_publish is not None:
             aiomqtt_on_publish(c, userdata, mid, reason, props)
 
-    original_handle_publish = paho._handle_publish
-
-    def safe_deliver(message: Message) -> None:
-        if not message.retain and is_copy(message):
-            if message.ack is not None:
-                acks.release(cast(PendingAck, message.ack))
-            return
-        try:
-            deliver(message)
-        except Exception:  # a failing receiver must not cost the PUBACK or the link
-            log.exception("receiving %s failed", message.topic)
-            if message.ack is not None:
-                acks.release(cast(PendingAck, message.ack))
-
-    def on_message(c: paho_mqtt.Client, userdata: Any, pm: paho_mqtt.MQTTMessage) -> None:
-        """QoS 2 messages (rare; paho runs their handshake) take paho's path."""
-        props: Any = pm.properties
-        try:
-            topic = pm.topic
-        except UnicodeDecodeError:
-            log.warning("dropping a PUBLISH whose topic is not UTF-8 (protocol violation)")
-            return
-        safe_deliver(
-            Message(
-                topic,
-                bytes(pm.payload),
-                pm.qos,
-                bool(pm.retain),
-                getattr(props, "CorrelationData", None),
-                tuple(getattr(props, "UserProperty", None) or ()),
-                getattr(props, "ContentType", None),
-                tuple(getattr(props, "SubscriptionIdentifier", None) or ()),
-            )
-        )
-
-    def handle_publish() -> MQTTErrorCode:
-        packet = paho._in_packet
-        header = packet["command"]
-        qos = (header & 0x06) >> 1
-        if qos == 2:
-            return original_handle_publish()
-        data = packet["packet"]
-        message = _parse_publish(data, header, qos)
-        if qos == 1:
-            pos = 2 + int.from_bytes(data[0:2], "big")
-            token = acks.expect(int.from_bytes(data[pos : pos + 2], "big"))
-            if message is not None:
-                if defer_acks:
-                    message.ack = token
-                    safe_deliver(message)
-                    return MQTTErrorCode.MQTT_ERR_SUCCESS
-                safe_deliver(message)
-            acks.release(token)
-        elif message is not None:
-            safe_deliver(message)
-        return MQTTErrorCode.MQTT_ERR_SUCCESS
-
     paho.on_connect = on_connect
     paho.on_publish = on_publish
-    paho.on_message = on_message
-    paho._handle_publish = handle_publish  # type: ignore[method-assign]
+    paho.on_disconnect = on_disconnect
     return acks
-
-
-def _parse_publish(data: bytearray, header: int, qos: int) -> Message | None:
-    """The message in a PUBLISH packet (variable header and payload); None, logged,
-    for a malformed one."""
-    size = int.from_bytes(data[0:2], "big")
-    pos = 2 + size
-    try:
-        topic = bytes(data[2:pos]).decode("utf-8")
-    except UnicodeDecodeError:
-        log.warning("dropping a PUBLISH whose topic is not UTF-8 (protocol violation)")
-        return None
-    if qos:
-        pos += 2
-    try:
-        props, pos = unpack_publish_properties(data, pos)
-    except MalformedProperties as exc:
-        log.warning("malformed properties on %s: %s", topic, exc)
-        return None
-    return Message(
-        topic,
-        bytes(data[pos:]),
-        qos,
-        bool(header & 0x01),
-        props.correlation_data,
-        props.user_properties,
-        props.content_type,
-        props.subscription_ids,
-    )
 
 
 async def enter(client: aiomqtt.Client) -> None:
@@ -283,7 +159,7 @@ async def enter(client: aiomqtt.Client) -> None:
     server refusing our certificate sends its alert then): aiomqtt would wait out
     its timeout. paho logs the cause and reports the loss; we race both.
     """
-    paho = client._client
+    paho = paho_client(client)
     loop = asyncio.get_running_loop()
     failure: asyncio.Future[str] = loop.create_future()
     errors: list[str] = []
@@ -308,7 +184,7 @@ async def enter(client: aiomqtt.Client) -> None:
             await asyncio.wait((entering,), timeout=0.05)
         if not entering.done():
             entering.cancel()
-            paho._sock_close()
+            close_socket(paho)
             raise aiomqtt.MqttError(failure.result())
         entering.result()
     except asyncio.CancelledError:
@@ -331,7 +207,7 @@ async def until_lost(client: aiomqtt.Client, operation: Coroutine[Any, Any, T]) 
     """Await `operation`, or raise `LinkLost` as soon as `client`'s link drops
     (aiomqtt would wait out its timeout)."""
     task = asyncio.ensure_future(operation)
-    lost = client._disconnected
+    lost = link_lost(client)
     try:
         await asyncio.wait((task, lost), return_when=asyncio.FIRST_COMPLETED)
     except asyncio.CancelledError:
@@ -343,44 +219,21 @@ async def until_lost(client: aiomqtt.Client, operation: Coroutine[Any, Any, T]) 
     raise LinkLost
 
 
+async def subscribe_on(
+    client: aiomqtt.Client, topic_filter: str, subscription_id: int, qos: int, resubscribe: bool
+) -> list[Any]:
+    """Subscribe `topic_filter` on `client`, its messages tagged with `subscription_id`;
+    the broker's reason codes, as paho gives them (`LinkLost` if the link drops meanwhile)."""
+    props = Properties(PacketTypes.SUBSCRIBE)  # type: ignore[no-untyped-call]
+    props.SubscriptionIdentifier = subscription_id
+    # On a re-subscribe, retained messages only come for a subscription the broker
+    # did not keep (retain handling 1): no replay of what we had.
+    options = SubscribeOptions(qos=qos, retainHandling=1 if resubscribe else 0)
+    subscribing = client.subscribe(topic_filter, options=options, properties=props)
+    return list(await until_lost(client, subscribing))
+
+
 def give_up(client: aiomqtt.Client, error: Exception) -> None:
     """End `client`'s link now (its broker stopped answering): the loss is reported
     as `error`, the socket closed."""
-    if not client._disconnected.done():
-        client._disconnected.set_exception(error)
-    client._client._sock_close()
-
-
-def stop_reading(paho: paho_mqtt.Client | None) -> None:
-    """Stop reading `paho`'s socket (`start_reading` resumes)."""
-    sock = paho.socket() if paho is not None else None
-    if sock is not None:
-        asyncio.get_running_loop().remove_reader(sock.fileno())
-
-
-def start_reading(client: aiomqtt.Client) -> None:
-    """Read `client`'s socket again after `stop_reading`."""
-    sock = client._client.socket()
-    if sock is not None:
-        asyncio.get_running_loop().add_reader(sock.fileno(), _reader(client))
-
-
-def _reader(client: aiomqtt.Client) -> Callable[[], None]:
-    """A socket read callback for `client`, as aiomqtt's own (which `stop_reading`
-    removed): it also drains what TLS has already decrypted, and a read error ends
-    the link."""
-    paho = client._client
-
-    def read() -> None:
-        try:
-            while True:
-                paho.loop_read()
-                raw: Any = paho._sock
-                if hasattr(raw, "pending") and raw.pending() > 0:
-                    continue
-                break
-        except Exception as exc:
-            if not client._disconnected.done():
-                client._disconnected.set_exception(exc)
-
-    return read
+    end_link(client, error)

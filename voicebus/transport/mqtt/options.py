@@ -47,6 +47,13 @@ class MqttOptions(MqttSettings):
         )
         return cls(client_id=client_id or q.get("client_id", ""), will=will, **values)
 
+    @property
+    def receive_maximum(self) -> int:
+        """The Receive Maximum this client announces in CONNECT: QoS 1 messages the
+        broker may leave unacknowledged, twice `max_unacked` (so the broker's window
+        stays open for replies while `max_unacked` wait for their handlers)."""
+        return min(65_535, 2 * max(1, self.max_unacked))
+
     def backoff(self, attempt: int) -> float:
         """Seconds to wait before reconnect attempt `attempt` (0, 1, ...)."""
         return backoff_delay(

@@ -5,8 +5,8 @@ users, composed from one module per concept:
 
 - **Reconnect**: when the link drops, a supervisor task reconnects with
   exponential backoff and jitter (`backoff.py`), using a *fresh* aiomqtt client
-  per connection (`mqtt_link.py`), re-subscribes every filter
-  (`session_filters.py`) and flushes the outbox.
+  per connection (`link.py`), re-subscribes every filter
+  (`subscriber.py`) and flushes the outbox (`publisher.py`).
 - **Outbox** (`outbox.py`): while the link is down, `publish` puts messages in a
   bounded outbox and returns (`BackpressureError` when it is full; nothing is
   dropped silently). QoS 1 messages still waiting for their PUBACK when the link
@@ -14,12 +14,16 @@ users, composed from one module per concept:
   de-duplicate by source and event id).
 - **Status**: a retained ``voicebus/status/<clientId>`` ``online`` on every
   connect, ``offline`` on `close` and as the Last Will.
+- **Flow control** (`receiver.py`): `pause_reading` never stops reading the
+  socket (keepalives go on); received messages are held and their PUBACKs
+  withheld, and the broker stops at the client's Receive Maximum.
 
-The per-message hot path talks to the paho client directly: publishes carry
-pre-packed properties and complete on our own PUBACK futures; received PUBLISH
-packets are decoded by `properties.py` and handed to the bus callback without a
-task per message (`mqtt_link.py`). Settings live in `mqtt_options.py`;
-aiomqtt/paho errors become the `VoicebusError` tree in `mqtt_errors.py`.
+The per-message hot paths talk to the paho client directly: publishing
+(`publisher.py`) with pre-packed properties, completing our own PUBACK futures;
+receiving (`receiver.py`): PUBLISH packets decoded by `properties.py` and handed
+to the bus callback without a task per message. Settings live in `options.py`;
+aiomqtt/paho errors become the `VoicebusError` tree in `errors.py`; every private
+paho/aiomqtt access is in `paho_internals.py`.
 """
 
 from __future__ import annotations
@@ -27,56 +31,40 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
 import aiomqtt
 import paho.mqtt.client as paho_mqtt
-from paho.mqtt.enums import MQTTErrorCode
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ...errors import (
     AuthenticationError,
     BrokerUnavailableError,
     BusStateError,
-    PayloadTooLargeError,
-    PublishTimeoutError,
     TLSError,
     TransportError,
 )
 from ...wire.status import OFFLINE, ONLINE
-from ...wire.topics import check_filter, check_topic
 from ..base import Message, MessageCallback
 from ..url import BusURL
-from .errors import BROKER_HINT, connect_error, publish_error, subscribe_error
+from .errors import BROKER_HINT, connect_error
 from .link import (
     LinkLost,
-    PendingAck,
     enter,
     give_up,
     install,
     new_client,
     paho_log,
-    start_reading,
-    stop_reading,
-    until_lost,
 )
 from .options import MqttOptions, tls_context
-from .outbox import REQUEUED, Outbox
-from .properties import pack_message_properties
-from .session_filters import SessionFilters
+from .paho_internals import check_versions, link_lost, paho_client
+from .publisher import Publisher, PublishFailed
+from .receiver import PendingAck, Receiver
+from .subscriber import Subscriber
 
 __all__ = ["BROKER_HINT", "MqttOptions", "MqttTransport", "paho_log"]
 
 log = logging.getLogger("voicebus.mqtt")
-
-_FLUSH_WINDOW = 100
-"""QoS 1 messages in flight while the outbox is flushed after a reconnect."""
-_PACKET_OVERHEAD = 16
-"""Fixed header, lengths and packet id of a PUBLISH, on top of topic, properties, payload."""
 
 
 class MqttTransport:
@@ -86,31 +74,41 @@ class MqttTransport:
         self.url = url.redacted()
         self._url = url
         self.options = options
-        self._client: aiomqtt.Client | None = None
+        self._link: aiomqtt.Client | None = None  # the current link (its aiomqtt client)
         self._paho: paho_mqtt.Client | None = None
         self._on_message: MessageCallback | None = None
-        self._defer_acks = False
-        self._outbox = Outbox(self.url, options.outbox_size, options.resend_window)
+        self._receiver: Receiver | None = None
+        self._publisher = Publisher(self.url, options, self._check_open)
+        self._outbox = self._publisher.outbox
         self._inflight = self._outbox.inflight  # the hot paths' shortcut
-        self._online = False
         self._closing = False
         self._failed: Exception | None = None
-        self._filters = SessionFilters()
-        self._paused = False
+        self._subscriber = Subscriber(self.url, options)
         self._tls: ssl.SSLContext | None = None
         self._link_lost = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
         self._broker_max_packet: int | None = None
-        self._payload_limit = options.max_payload_size
         self.session_present = False
         self.reconnects = 0
-        self.on_publish_failed: Callable[[Message, Exception], None] | None = None
+
+    @property
+    def on_publish_failed(self) -> PublishFailed | None:
         """Called for an outbox message the broker refused after a reconnect (no
         caller is waiting for it any more); the bus records a dead letter."""
+        return self._publisher.on_publish_failed
+
+    @on_publish_failed.setter
+    def on_publish_failed(self, callback: PublishFailed | None) -> None:
+        self._publisher.on_publish_failed = callback
 
     @property
     def connected(self) -> bool:
-        return self._client is not None
+        return self._link is not None
+
+    @property
+    def online(self) -> bool:
+        """Connected and resumed (status, subscriptions, outbox): publishes go direct."""
+        return self._publisher.online
 
     @property
     def outbox_size(self) -> int:
@@ -130,9 +128,17 @@ class MqttTransport:
         With `defer_acks`, a received QoS 1 message is acknowledged when its
         `Message.ack` token comes back through `ack` (PUBACKs in receive order;
         none for a connection that is gone: the broker resends those messages).
+        `UnsupportedDependencyError` when paho-mqtt or aiomqtt is not a version
+        the transport was verified with.
         """
+        check_versions()
         self._on_message = on_message
-        self._defer_acks = defer_acks
+        self._receiver = Receiver(
+            on_message,
+            self._subscriber.filters.is_copy,
+            defer_acks=defer_acks,
+            max_unacked=self.options.max_unacked,
+        )
         self._closing = False
         self._failed = None
         client = await self._open()
@@ -142,9 +148,9 @@ class MqttTransport:
                     f"connection to {self.url} dropped right after connecting"
                 )
         except BaseException:  # failed or cancelled: leave no client behind
-            self._client = None
+            self._link = None
             self._paho = None
-            self._online = False
+            self._publisher.link_down()
             await self._exit(client)
             raise
         self._link_lost.clear()
@@ -154,51 +160,44 @@ class MqttTransport:
 
     async def _open(self) -> aiomqtt.Client:
         """A fresh, connected aiomqtt client with our hot paths installed."""
-        deliver = self._on_message
-        assert deliver is not None  # set by `connect`
+        receiver = self._receiver
+        assert receiver is not None  # made by `connect`
         client = new_client(self._url, self.options, self._tls_context())
-        acks = install(
-            client,
-            self._inflight,
-            deliver,
-            self._filters.is_copy,
-            self._connack,
-            defer_acks=self._defer_acks,
-            max_unacked=self.options.max_unacked,
-        )
+        said: list[int] = []  # the reason of a DISCONNECT the broker sent, if it did
+        acks = install(client, self._inflight, receiver, self._connack, said.append)
         try:
             await enter(client)
         except aiomqtt.MqttError as exc:
             raise connect_error(self.url, exc) from None
-        self._client = client
-        self._paho = client._client
-        self._payload_limit = self.options.max_payload_size
-        if self._broker_max_packet:
-            self._payload_limit = min(
-                self._payload_limit, self._broker_max_packet - _PACKET_OVERHEAD
-            )
-        client._disconnected.add_done_callback(lambda _: acks.close())
-        client._disconnected.add_done_callback(lambda fut: self._lost(client, fut))
+        self._link = client
+        self._paho = paho_client(client)
+        self._publisher.link_up(self._paho, self._broker_max_packet)
+        lost = link_lost(client)
+        lost.add_done_callback(lambda _: acks.close())
+        lost.add_done_callback(lambda fut: self._lost(client, fut, said))
         return client
 
     def _connack(self, session_present: bool, max_packet: int | None) -> None:
         self.session_present = session_present
         self._broker_max_packet = max_packet
 
-    def _lost(self, client: aiomqtt.Client, fut: asyncio.Future[None]) -> None:
-        """`client`'s link dropped: requeue what is in flight, wake the supervisor."""
+    def _lost(
+        self, client: aiomqtt.Client, fut: asyncio.Future[None], said: list[int]
+    ) -> None:
+        """`client`'s link dropped: requeue what is in flight, wake the supervisor.
+        `said`: the reason code of the broker's DISCONNECT, if it sent one."""
         error = None if fut.cancelled() else fut.exception()
-        if client is not self._client:
+        if client is not self._link:
             return
-        self._client = None
+        self._link = None
         self._paho = None
-        self._online = False
+        self._publisher.link_down()
         if self._closing:
             self._abandon()
             return
         reason = error or "the broker closed the connection"
         log.warning("connection to %s lost: %s", self.url, reason)
-        self._outbox.requeue(self._outbox.release())  # wakes whoever waits for a PUBACK
+        self._publisher.requeue(_refusal(said), reason)  # wakes the PUBACK waiters
         if not self.options.reconnect:
             self._failed = TransportError(f"connection to {self.url} lost: {reason}")
         self._link_lost.set()
@@ -206,7 +205,7 @@ class MqttTransport:
     def _give_up(self, client: aiomqtt.Client, reason: str) -> None:
         """End `client`'s link now, as lost (what is in flight goes back to the outbox)."""
         give_up(client, TransportError(reason))
-        self._lost(client, client._disconnected)
+        self._lost(client, link_lost(client), [])
 
     def _abandon(self) -> None:
         """Closing: fail every publish still waiting for its PUBACK."""
@@ -262,22 +261,20 @@ class MqttTransport:
             topic = self.options.status_topic()
             if topic is not None:
                 await self._step(self._announce(client, topic, ONLINE), "announcing online")
-            for topic_filter in list(self._filters.dropped):
-                unsubscribing = until_lost(client, client.unsubscribe(topic_filter))
-                await self._step(unsubscribing, f"unsubscribing {topic_filter!r}")
-            self._filters.dropped.clear()
-            for topic_filter, sid in list(self._filters.ids.items()):
-                subscribing = self._subscribe_on(client, topic_filter, sid, 1, resubscribe=True)
-                await self._step(subscribing, f"re-subscribing {topic_filter!r}")
-            await self._flush(client)
+            await self._subscriber.resubscribe(client, self._step)
+            await self._publisher.flush(paho_client(client), self._giving_up(client))
         except LinkLost:
             return False
-        if self._client is not client:
+        if self._link is not client:
             return False
-        self._online = True
-        if self._paused:
-            stop_reading(self._paho)
+        self._publisher.online = True
         return True
+
+    def _giving_up(self, client: aiomqtt.Client) -> Callable[[str], None]:
+        return lambda reason: self._give_up(client, reason)
+
+    async def _announce(self, client: aiomqtt.Client, topic: str, payload: bytes) -> None:
+        await self._publisher.announce(paho_client(client), topic, payload)
 
     async def _step(self, operation: Coroutine[Any, Any, Any], what: str) -> None:
         """One step of resuming a session: a failure is logged, the link loss raised."""
@@ -285,91 +282,6 @@ class MqttTransport:
             await operation
         except (aiomqtt.MqttError, TransportError, TimeoutError) as exc:
             log.error("%s on %s failed: %s", what, self.url, exc)
-
-    async def _announce(self, client: aiomqtt.Client, topic: str, payload: bytes) -> None:
-        fut = self._send(client._client, Message(topic, payload, 1, True))
-        if fut is None:
-            return
-        code = await asyncio.wait_for(fut, self.options.publish_timeout)
-        if code == REQUEUED:
-            raise LinkLost
-        if code >= 0x80:
-            log.warning(
-                "%s refused the status on %s (code %d): check the ACL", self.url, topic, code
-            )
-
-    async def _flush(self, client: aiomqtt.Client) -> None:
-        """Send the outbox in order, up to `_FLUSH_WINDOW` QoS 1 messages in flight."""
-        paho = client._client
-        queued = self._outbox.queued
-        window: deque[tuple[Message, asyncio.Future[int]]] = deque()
-        while queued or window:
-            while queued and len(window) < _FLUSH_WINDOW:
-                if self._client is not client:
-                    raise LinkLost
-                message = queued.popleft()
-                fut = self._send(paho, message)
-                if fut is not None:
-                    window.append((message, fut))
-            if not window:
-                continue
-            message, fut = window.popleft()
-            if not fut.done():  # never cancel `fut`: a lost link requeues its message
-                await asyncio.wait((fut,), timeout=self.options.publish_timeout)
-                if not fut.done():
-                    self._give_up(
-                        client,
-                        f"no PUBACK within {self.options.publish_timeout}s "
-                        "while sending the outbox",
-                    )
-                    raise LinkLost
-            code = fut.result()
-            if code == REQUEUED:
-                raise LinkLost
-            if code >= 0x80:
-                self._refused(message, code)
-            elif self.options.resend_window:
-                self._outbox.acknowledged(message)
-
-    def _send(self, paho: paho_mqtt.Client, message: Message) -> asyncio.Future[int] | None:
-        """Publish on `paho`; the PUBACK future for QoS 1 (registered in flight).
-
-        A message too large for the broker (a packet over its Maximum Packet Size
-        gets us disconnected) is not sent but refused, like a direct `publish`.
-        """
-        props = pack_message_properties(message)
-        if self._over_broker_limit(message, props.packed):
-            self._undeliverable(message, self._too_large(message))
-            return None
-        info = paho.publish(
-            message.topic,
-            message.payload,
-            message.qos,
-            message.retain,
-            props,  # type: ignore[arg-type]
-        )
-        if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
-            self._outbox.queued.appendleft(message)
-            raise LinkLost
-        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            self._refused(message, int(info.rc))
-            return None
-        if message.qos == 0:
-            return None
-        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._inflight[info.mid] = (message, fut)
-        fut.add_done_callback(lambda _: self._outbox.forget(info.mid, fut))
-        return fut
-
-    def _refused(self, message: Message, code: int) -> None:
-        """A message nobody awaits any more was refused with reason `code`."""
-        self._undeliverable(message, publish_error(self.url, message.topic, code))
-
-    def _undeliverable(self, message: Message, error: Exception) -> None:
-        """A message nobody awaits any more cannot be sent: log it and tell the bus."""
-        log.error("%s", error)
-        if self.on_publish_failed is not None:
-            self.on_publish_failed(message, error)
 
     async def close(self) -> None:
         """Flush what the outbox holds and wait for the PUBACKs still due (together
@@ -387,12 +299,13 @@ class MqttTransport:
                 await supervisor
             except asyncio.CancelledError:
                 pass
-        client = self._client
+        client = self._link
         if client is not None:
             try:
-                await asyncio.wait_for(self._settle(client), self.options.publish_timeout)
+                settling = self._publisher.settle(paho_client(client), self._giving_up(client))
+                await asyncio.wait_for(settling, self.options.publish_timeout)
                 topic = self.options.status_topic()
-                if topic is not None and self._client is client:
+                if topic is not None and self._link is client:
                     await self._announce(client, topic, OFFLINE)
             except (LinkLost, TimeoutError, TransportError) as exc:
                 log.debug("clean stop on %s: %s", self.url, exc)
@@ -402,21 +315,14 @@ class MqttTransport:
                 "%d message(s) in the outbox of %s were not sent before stop", dropped, self.url
             )
         self._abandon()
-        self._client = None
+        self._link = None
         self._paho = None
-        self._online = False
-        self._filters = SessionFilters()
-        self._paused = False
+        self._publisher.link_down()
+        self._subscriber.reset()
+        if self._receiver is not None and (held := self._receiver.clear()):
+            log.info("%d received message(s) not handed to the bus before stop", held)
         if client is not None:
             await self._exit(client)
-
-    async def _settle(self, client: aiomqtt.Client) -> None:
-        """Send what the outbox holds, then wait for every PUBACK still due."""
-        if self._outbox:
-            await self._flush(client)
-        waiting = [fut for _, fut in self._inflight.values()]
-        if waiting:
-            await asyncio.wait(waiting)  # not wait_for/gather: never cancel a publisher's future
 
     async def _exit(self, client: aiomqtt.Client) -> None:
         """Disconnect `client` (aiomqtt's ``__aexit__``: socket, tasks, lock)."""
@@ -442,143 +348,48 @@ class MqttTransport:
     async def publish(self, message: Message) -> None:
         """Publish; QoS 1 returns on the PUBACK, or once the message is in the outbox
         while the link is down."""
-        if not message.validated:  # encode() built the topic from a checked template
-            check_topic(message.topic)
-        if len(message.payload) > self._payload_limit:
-            raise self._too_large(message)
-        if not self._online:
-            self._check_open()
-            self._outbox.put(message)
-            return
-        paho = self._paho
-        assert paho is not None
-        props = pack_message_properties(message)
-        if self._over_broker_limit(message, props.packed):
-            raise self._too_large(message)
-        info = paho.publish(message.topic, message.payload, message.qos, message.retain, props)  # type: ignore[arg-type]
-        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
-                self._check_open()
-                self._outbox.put(message)
-                return
-            raise TransportError(f"cannot publish to {self.url}: {paho_mqtt.error_string(info.rc)}")
-        if message.qos == 0:
-            return
-        mid = info.mid
-        inflight = self._inflight
-        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        inflight[mid] = (message, fut)
-        try:
-            code = await asyncio.wait_for(fut, self.options.publish_timeout)
-        except TimeoutError:
-            raise PublishTimeoutError(
-                f"{self.url} did not acknowledge a publish on {message.topic} within "
-                f"{self.options.publish_timeout}s"
-            ) from None
-        finally:
-            self._outbox.forget(mid, fut)
-        if code >= 0x80:
-            raise publish_error(self.url, message.topic, code)
-        if self.options.resend_window and code != REQUEUED:  # requeued: not acknowledged
-            self._outbox.acknowledged(message)
-
-    def _over_broker_limit(self, message: Message, packed_properties: bytes) -> bool:
-        """Would this PUBLISH exceed the broker's Maximum Packet Size (from CONNACK)?
-        (Topic counted at 4 bytes a character: the UTF-8 worst case.)"""
-        limit = self._broker_max_packet
-        if not limit:
-            return False
-        size = len(message.payload) + len(packed_properties) + 4 * len(message.topic)
-        return size + _PACKET_OVERHEAD > limit
-
-    def _too_large(self, message: Message) -> PayloadTooLargeError:
-        size = len(message.payload)
-        if size <= self._payload_limit and self._broker_max_packet:  # topic and properties
-            return PayloadTooLargeError(
-                f"the publish of {size} bytes on {message.topic} exceeds, with its topic "
-                f"and properties, the broker's maximum packet size {self._broker_max_packet}; "
-                "send large data out of band"
-            )
-        limit = self._payload_limit
-        where = "max_payload_size"
-        if self._broker_max_packet and limit >= self._broker_max_packet - _PACKET_OVERHEAD:
-            where = f"the broker's maximum packet size {self._broker_max_packet}"
-        return PayloadTooLargeError(
-            f"payload of {len(message.payload)} bytes on {message.topic} exceeds the "
-            f"limit of {limit} bytes ({where}); send large data out of band"
-        )
+        await self._publisher.publish(message)
 
     async def subscribe(self, topic_filter: str, subscription_id: int, qos: int = 1) -> None:
         """Subscribe now, or on the next connection while the link is down."""
         self._check_open()
-        check_filter(topic_filter)
-        self._filters.add(topic_filter, subscription_id)
-        client = self._client
-        if client is None:
-            return
-        try:
-            await self._subscribe_on(client, topic_filter, subscription_id, qos)
-        except LinkLost:
-            return
-
-    async def _subscribe_on(
-        self,
-        client: aiomqtt.Client,
-        topic_filter: str,
-        subscription_id: int,
-        qos: int,
-        *,
-        resubscribe: bool = False,
-    ) -> None:
-        props = Properties(PacketTypes.SUBSCRIBE)  # type: ignore[no-untyped-call]
-        props.SubscriptionIdentifier = subscription_id
-        # On a re-subscribe, retained messages only come for a subscription the
-        # broker did not keep (retain handling 1): no replay of what we had.
-        options = SubscribeOptions(qos=qos, retainHandling=1 if resubscribe else 0)
-        try:
-            codes = await until_lost(
-                client, client.subscribe(topic_filter, options=options, properties=props)
-            )
-        except aiomqtt.MqttError as exc:
-            raise TransportError(f"cannot subscribe {topic_filter!r}: {exc}") from None
-        for code in codes:
-            error = subscribe_error(self.url, topic_filter, code)
-            if error is not None:
-                self._filters.remove(topic_filter)
-                raise error
+        await self._subscriber.subscribe(self._link, topic_filter, subscription_id, qos)
 
     async def unsubscribe(self, topic_filter: str) -> None:
-        self._filters.remove(topic_filter)
-        client = self._client
-        if client is None:
-            if self.options.session_expiry and not self._closing:
-                self._filters.dropped.add(topic_filter)
-            return
-        try:
-            await until_lost(client, client.unsubscribe(topic_filter))
-        except LinkLost:
-            if self.options.session_expiry:
-                self._filters.dropped.add(topic_filter)
-        except aiomqtt.MqttError as exc:
-            log.debug("unsubscribe %s: %s", topic_filter, exc)
+        await self._subscriber.unsubscribe(self._link, topic_filter, closing=self._closing)
 
-    # --- flow control --------------------------------------------------------------
+    # --- flow control (`receiver.py`: the socket is always read) -------------------------
 
-    # A paused transport keeps reading while a new connection is being resumed
-    # (status, re-subscribe, outbox: their acknowledgements must be read), and
-    # stops once that is done.
+    @property
+    def held(self) -> int:
+        """Messages received but not yet handed to the bus, which paused reading."""
+        return self._receiver.held if self._receiver is not None else 0
+
+    @property
+    def dropped_qos0(self) -> int:
+        """QoS 0 messages dropped because too many were held (`receiver.QOS0_HELD_MAX`)."""
+        return self._receiver.dropped_qos0 if self._receiver is not None else 0
 
     def pause_reading(self) -> None:
-        if self._paused:
-            return
-        self._paused = True
-        if self._online:
-            stop_reading(self._paho)
+        """Hand no more messages to the bus, and acknowledge none more, until
+        `resume_reading`; the broker stops at Receive Maximum unacknowledged."""
+        if self._receiver is not None:
+            self._receiver.pause()
 
     def resume_reading(self) -> None:
-        if not self._paused:
-            return
-        self._paused = False
-        client = self._client
-        if client is not None:
-            start_reading(client)
+        """Hand over what was held, then messages as they come."""
+        if self._receiver is not None:
+            self._receiver.resume()
+
+
+_NOT_A_REFUSAL = frozenset({0x8B, 0x8D, 0x8E, 0x9C, 0x9D})
+"""DISCONNECT reason codes that say nothing about what we sent: server shutting
+down, keepalive timeout, session taken over, use another server, server moved."""
+
+
+def _refusal(said: list[int]) -> bool:
+    """Did the broker close the link over something we sent? Only when it said so
+    with a DISCONNECT (Mosquitto: 0x81 malformed packet): a link that just broke
+    looks the same whether the broker crashed, restarted or refused, and a
+    message must not be dropped for a broker restart."""
+    return bool(said) and said[-1] >= 0x80 and said[-1] not in _NOT_A_REFUSAL

@@ -1,0 +1,157 @@
+"""Every access to a private name of paho-mqtt or aiomqtt: this module and no other.
+
+voicebus reaches past the public API of aiomqtt 2.5 and its paho-mqtt client in
+the places below, each line marked ``# noqa: SLF001`` (ruff's SLF001 refuses a
+private access anywhere else in `voicebus`). What we patch, and why:
+
+paho-mqtt (`paho.mqtt.client.Client`)
+- ``_handle_publish`` is replaced (`take_over_publish`), reading the received
+  packet from ``_in_packet``: QoS 0/1 PUBLISH packets are decoded straight from
+  their bytes (`properties.py`) and handed to the transport without paho's
+  `MQTTMessage` and MQTT 5 `Properties` objects (decoded in Python, they cost
+  about half of a receive), and without paho's automatic PUBACK: the transport
+  sends that itself, through paho's public manual acknowledgement
+  (``manual_ack_set(True)`` and ``ack(mid, 1)``), once its receiver is done.
+- ``_in_packet`` again (`disconnect_reason`): the reason code of a DISCONNECT
+  the broker sent, read from the packet itself, because paho 2.1 drops it when
+  the packet carries no properties (Mosquitto's "malformed packet" arrives as a
+  normal disconnection); the transport needs it to tell a refusal from a restart.
+- ``_sock_close`` (`close_socket`, `end_link`): end a link at once, as paho does
+  on a keepalive timeout, when a connect broke before its CONNACK or the broker
+  stopped acknowledging (``disconnect()`` would wait for a broker that is gone).
+
+aiomqtt (`aiomqtt.Client`)
+- ``_client`` (`paho_client`): its paho client, which has no public accessor; we
+  install the patches and callbacks above on it and publish on it directly
+  (pre-packed properties, our own PUBACK futures: aiomqtt's awaited publish
+  costs an Event, a task and a thread-safe wake-up per message).
+- ``_disconnected`` (`link_lost`, `end_link`): the future that completes when the
+  link drops. aiomqtt only reports a loss to a call waiting on it, after that
+  call's timeout; we wake on it at once (requeue what is in flight, reconnect).
+
+These were verified with the versions in `VERIFIED` (`check_versions` refuses
+others with `UnsupportedDependencyError`; ``.ci/run`` tests both ends of the
+range). aiomqtt 3 no longer builds on paho (it is a sans-I/O MQTT 5 codec with a
+public ``puback()``, subscription ids and Receive Maximum): moving to it means
+replacing this module and what calls it: `link.py` (one link), `receiver.py` (the
+receive path) and the paho client `publisher.py` publishes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Callable
+from importlib import metadata
+
+import aiomqtt
+import paho.mqtt.client as paho_mqtt
+from paho.mqtt.enums import MQTTErrorCode
+
+from ...errors import UnsupportedDependencyError
+
+Release = tuple[int, ...]
+
+VERIFIED: dict[str, tuple[Release, Release]] = {
+    "paho-mqtt": ((2, 1), (2, 3)),
+    "aiomqtt": ((2, 5), (2, 6)),
+}
+"""Distribution -> (lowest, first refused) release this module was verified with:
+the same range as the dependencies in ``pyproject.toml`` (a test keeps them equal)."""
+
+PublishHandler = Callable[[int, bytearray], bool]
+"""Takes a received PUBLISH: the first byte of its fixed header and the rest of
+the packet (variable header and payload); False leaves the packet to paho."""
+
+
+def paho_client(client: aiomqtt.Client) -> paho_mqtt.Client:
+    """The paho client inside `client`."""
+    return client._client  # noqa: SLF001
+
+
+def link_lost(client: aiomqtt.Client) -> asyncio.Future[None]:
+    """The future that completes (with the error, if any) when `client`'s link drops.
+
+    aiomqtt makes a new one at each connect: take it after `client` connected.
+    """
+    return client._disconnected  # noqa: SLF001
+
+
+def take_over_publish(paho: paho_mqtt.Client, handle: PublishHandler) -> None:
+    """Hand every PUBLISH packet `paho` reads to `handle`, before paho decodes it.
+
+    `handle` runs in paho's read callback. paho sends no PUBACK for a packet
+    `handle` took; one it leaves (returns False) takes paho's own path.
+    """
+    original = paho._handle_publish  # noqa: SLF001
+
+    def handle_publish() -> MQTTErrorCode:
+        packet = paho._in_packet  # noqa: SLF001  (a new dict per packet: read it each time)
+        if handle(packet["command"], packet["packet"]):
+            return MQTTErrorCode.MQTT_ERR_SUCCESS
+        return original()
+
+    paho._handle_publish = handle_publish  # type: ignore[method-assign]  # noqa: SLF001
+
+
+def disconnect_reason(paho: paho_mqtt.Client) -> int | None:
+    """The reason code of the DISCONNECT packet `paho` is handling (call it from
+    ``on_disconnect``); None when it is not handling one."""
+    packet = paho._in_packet  # noqa: SLF001
+    if packet.get("command", 0) & 0xF0 != 0xE0:
+        return None
+    data = packet.get("packet") or b""
+    return data[0] if data else 0  # no reason code: normal disconnection
+
+
+def close_socket(paho: paho_mqtt.Client) -> None:
+    """Close `paho`'s socket now, without a DISCONNECT (paho reports no loss)."""
+    paho._sock_close()  # noqa: SLF001
+
+
+def end_link(client: aiomqtt.Client, error: Exception) -> None:
+    """End `client`'s link now: the loss reported (`link_lost`) as `error`, unless it
+    already was, and the socket closed."""
+    lost = client._disconnected  # noqa: SLF001
+    if not lost.done():
+        lost.set_exception(error)
+    client._client._sock_close()  # noqa: SLF001
+
+
+def installed_version(distribution: str) -> str | None:
+    """The installed version of `distribution` (None when it is not installed)."""
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def check_versions() -> None:
+    """Refuse to run on a paho-mqtt or aiomqtt release outside `VERIFIED`.
+
+    The patches above rely on private names and behaviour that any release may
+    change; an unverified one fails here, before it can misbehave on a live link.
+    """
+    refused, wanted = [], []
+    for distribution, (lowest, first_refused) in VERIFIED.items():
+        installed = installed_version(distribution)
+        if installed is None or not lowest <= _release(installed) < first_refused:
+            spec = f"{distribution}>={_dotted(lowest)},<{_dotted(first_refused)}"
+            refused.append(f"{distribution} {installed or '(not installed)'} (supported: {spec})")
+            wanted.append(f"'{spec}'")
+    if refused:
+        raise UnsupportedDependencyError(
+            f"unsupported {' and '.join(refused)}: voicebus's MQTT transport patches "
+            "internals verified with the supported versions only "
+            f"(voicebus/transport/mqtt/paho_internals.py); pip install {' '.join(wanted)}"
+        )
+
+
+def _release(version: str) -> Release:
+    """The release numbers at the start of `version` (``2.2.0rc1`` -> (2, 2, 0))."""
+    match = re.match(r"\d+(?:\.\d+)*", version)
+    return tuple(int(part) for part in match.group().split(".")) if match else ()
+
+
+def _dotted(release: Release) -> str:
+    return ".".join(str(part) for part in release)
