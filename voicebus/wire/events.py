@@ -1,4 +1,5 @@
-"""`EventType` (the seed's 28 event kinds) and `Event` (one occurrence on the bus)."""
+"""`EventType` (the seed's 28 event kinds, then the Hermes commands and dialogue
+messages) and `Event` (one occurrence on the bus)."""
 
 from __future__ import annotations
 
@@ -48,6 +49,21 @@ class EventType(str, Enum):
     SYSTEM_STOPPED = "system_stopped"
     ERROR_OCCURRED = "error_occurred"
     HEALTH_CHECK = "health_check"
+    # Hermes commands and dialogue messages (commands ask for something: TTS_SAY,
+    # ASR_*_LISTENING, HOTWORD_TOGGLE_*, SESSION_START/CONTINUE/END, NLU_QUERY)
+    TTS_SAY = "tts_say"
+    ASR_START_LISTENING = "asr_start_listening"
+    ASR_STOP_LISTENING = "asr_stop_listening"
+    HOTWORD_TOGGLE_ON = "hotword_toggle_on"
+    HOTWORD_TOGGLE_OFF = "hotword_toggle_off"
+    SESSION_START = "session_start"
+    SESSION_STARTED = "session_started"
+    SESSION_CONTINUE = "session_continue"
+    SESSION_END = "session_end"
+    SESSION_ENDED = "session_ended"
+    NLU_QUERY = "nlu_query"
+    INTENT_RECOGNIZED = "intent_recognized"
+    INTENT_NOT_RECOGNIZED = "intent_not_recognized"
 
     def __str__(self) -> str:
         return self.value

@@ -12,6 +12,7 @@ from enum import Enum
 from typing import Any
 
 from ..errors import TopicError, UnknownEventTypeError
+from . import hermes_models as h
 from . import models as m
 from .cache import TopicCache
 from .events import EventType
@@ -129,6 +130,80 @@ def _default_routes() -> list[Route]:
             topic_only=("component",),
         ),
         _route(e.HEALTH_CHECK, "voicebus/system/health", m.SystemPayload),
+        *_hermes_routes(),
+    ]
+
+
+def _hermes_routes() -> list[Route]:
+    """The Hermes commands and dialogue messages (rhasspy-hermes classes, same names)."""
+    e = EventType
+    dm = "hermes/dialogueManager/"
+    return [
+        _route(e.TTS_SAY, "hermes/tts/say", h.TtsSay, hermes="TtsSay"),
+        _route(
+            e.ASR_START_LISTENING,
+            "hermes/asr/startListening",
+            h.AsrStartListening,
+            hermes="AsrStartListening",
+        ),
+        _route(
+            e.ASR_STOP_LISTENING,
+            "hermes/asr/stopListening",
+            h.AsrStopListening,
+            hermes="AsrStopListening",
+        ),
+        _route(
+            e.HOTWORD_TOGGLE_ON,
+            "hermes/hotword/toggleOn",
+            h.HotwordToggle,
+            hermes="HotwordToggleOn",
+        ),
+        _route(
+            e.HOTWORD_TOGGLE_OFF,
+            "hermes/hotword/toggleOff",
+            h.HotwordToggle,
+            hermes="HotwordToggleOff",
+        ),
+        _route(
+            e.SESSION_START,
+            dm + "startSession",
+            h.DialogueStartSession,
+            hermes="DialogueStartSession",
+        ),
+        _route(
+            e.SESSION_STARTED,
+            dm + "sessionStarted",
+            h.DialogueSessionStarted,
+            hermes="DialogueSessionStarted",
+        ),
+        _route(
+            e.SESSION_CONTINUE,
+            dm + "continueSession",
+            h.DialogueContinueSession,
+            hermes="DialogueContinueSession",
+        ),
+        _route(e.SESSION_END, dm + "endSession", h.DialogueEndSession, hermes="DialogueEndSession"),
+        _route(
+            e.SESSION_ENDED,
+            dm + "sessionEnded",
+            h.DialogueSessionEnded,
+            hermes="DialogueSessionEnded",
+        ),
+        _route(e.NLU_QUERY, "hermes/nlu/query", h.NluQuery, hermes="NluQuery"),
+        # intentName: from the payload's intent.intentName (see h.NluIntent), topic only
+        _route(
+            e.INTENT_RECOGNIZED,
+            "hermes/intent/{intentName}",
+            h.NluIntent,
+            topic_only=("intentName",),
+            hermes="NluIntent",
+        ),
+        _route(
+            e.INTENT_NOT_RECOGNIZED,
+            "hermes/nlu/intentNotRecognized",
+            h.NluIntentNotRecognized,
+            hermes="NluIntentNotRecognized",
+        ),
     ]
 
 
