@@ -72,6 +72,7 @@ TtsError, DialogueError, AudioPlayError, AudioRecordError):
 """
 
 import argparse
+import copy
 import dataclasses
 import enum
 import importlib
@@ -290,7 +291,8 @@ def check_record(record):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            msg = cls.from_dict(payload)
+            # a copy: DialogueStartSession.from_dict replaces `init` in the dict it gets
+            msg = cls.from_dict(copy.deepcopy(payload))
         except Exception as e:
             raise CheckError(f"{class_name}.from_dict failed: {type(e).__name__}: {e}")
     runtime = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]

@@ -38,6 +38,7 @@ shape follows the Snips hermes protocol (hermes-rust ``VadDownMessage``):
 """
 
 import argparse
+import copy
 import importlib
 import json
 import re
@@ -151,6 +152,221 @@ LIBRARY_CASES = [
     ),
 ]
 
+# --- commands and dialogue messages (voicebus TTS_SAY ... INTENT_NOT_RECOGNIZED) ---
+# Nested objects are given as "__NAME__" markers and built in build_library_case
+# (they are dataclasses of the library: DialogueAction, Intent, Slot, ...).
+LIBRARY_CASES += [
+    ("tts_say_minimal", "rhasspyhermes.tts", "TtsSay", {"text": "hello"}, {}),
+    (
+        "tts_say_full",
+        "rhasspyhermes.tts",
+        "TtsSay",
+        {
+            "text": "hello",
+            "site_id": "kitchen",
+            "lang": "en",
+            "id": "say-1",
+            "session_id": "sess-1",
+            "volume": 0.5,
+        },
+        {},
+    ),
+    ("asr_start_listening_minimal", "rhasspyhermes.asr", "AsrStartListening", {}, {}),
+    (
+        "asr_start_listening_full",
+        "rhasspyhermes.asr",
+        "AsrStartListening",
+        {
+            "site_id": "kitchen",
+            "session_id": "sess-1",
+            "lang": "en",
+            "stop_on_silence": False,
+            "send_audio_captured": True,
+            "wakeword_id": "porcupine",
+            "intent_filter": ["GetTime", "LightOn"],
+        },
+        {},
+    ),
+    ("asr_stop_listening_minimal", "rhasspyhermes.asr", "AsrStopListening", {}, {}),
+    (
+        "asr_stop_listening_full",
+        "rhasspyhermes.asr",
+        "AsrStopListening",
+        {"site_id": "kitchen", "session_id": "sess-1"},
+        {},
+    ),
+    ("hotword_toggle_on_minimal", "rhasspyhermes.wake", "HotwordToggleOn", {}, {}),
+    (
+        "hotword_toggle_on_full",
+        "rhasspyhermes.wake",
+        "HotwordToggleOn",
+        {"site_id": "kitchen", "reason": "__REASON_dialogueSession__"},
+        {},
+    ),
+    ("hotword_toggle_off_minimal", "rhasspyhermes.wake", "HotwordToggleOff", {}, {}),
+    (
+        "hotword_toggle_off_full",
+        "rhasspyhermes.wake",
+        "HotwordToggleOff",
+        {"site_id": "kitchen", "reason": "__REASON_ttsSay__"},
+        {},
+    ),
+    (
+        "dialogue_start_session_minimal",
+        "rhasspyhermes.dialogue",
+        "DialogueStartSession",
+        {"init": "__NOTIFICATION__"},
+        {},
+    ),
+    (
+        "dialogue_start_session_full",
+        "rhasspyhermes.dialogue",
+        "DialogueStartSession",
+        {
+            "init": "__ACTION__",
+            "site_id": "kitchen",
+            "custom_data": "my-data",
+            "lang": "en",
+        },
+        {},
+    ),
+    (
+        "dialogue_session_started_minimal",
+        "rhasspyhermes.dialogue",
+        "DialogueSessionStarted",
+        {"session_id": "sess-1"},
+        {},
+    ),
+    (
+        "dialogue_session_started_full",
+        "rhasspyhermes.dialogue",
+        "DialogueSessionStarted",
+        {"session_id": "sess-1", "site_id": "kitchen", "custom_data": "my-data", "lang": "en"},
+        {},
+    ),
+    (
+        "dialogue_continue_session_minimal",
+        "rhasspyhermes.dialogue",
+        "DialogueContinueSession",
+        {"session_id": "sess-1"},
+        {},
+    ),
+    (
+        "dialogue_continue_session_full",
+        "rhasspyhermes.dialogue",
+        "DialogueContinueSession",
+        {
+            "session_id": "sess-1",
+            "custom_data": "my-data",
+            "text": "Which room?",
+            "intent_filter": ["ChooseRoom"],
+            "send_intent_not_recognized": True,
+            "slot": "room",
+            "lang": "en",
+        },
+        {},
+    ),
+    (
+        "dialogue_end_session_minimal",
+        "rhasspyhermes.dialogue",
+        "DialogueEndSession",
+        {"session_id": "sess-1"},
+        {},
+    ),
+    (
+        "dialogue_end_session_full",
+        "rhasspyhermes.dialogue",
+        "DialogueEndSession",
+        {"session_id": "sess-1", "text": "OK, light on", "custom_data": "my-data"},
+        {},
+    ),
+    (
+        "dialogue_session_ended_minimal",
+        "rhasspyhermes.dialogue",
+        "DialogueSessionEnded",
+        {"termination": "__TERMINATION_nominal__", "session_id": "sess-1"},
+        {},
+    ),
+    (
+        "dialogue_session_ended_full",
+        "rhasspyhermes.dialogue",
+        "DialogueSessionEnded",
+        {
+            "termination": "__TERMINATION_abortedByUser__",
+            "session_id": "sess-1",
+            "site_id": "kitchen",
+            "custom_data": "my-data",
+        },
+        {},
+    ),
+    ("nlu_query_minimal", "rhasspyhermes.nlu", "NluQuery", {"input": "what time is it"}, {}),
+    (
+        "nlu_query_full",
+        "rhasspyhermes.nlu",
+        "NluQuery",
+        {
+            "input": "turn on the light",
+            "site_id": "kitchen",
+            "id": "query-1",
+            "intent_filter": ["LightOn"],
+            "session_id": "sess-1",
+            "wakeword_id": "porcupine",
+            "lang": "en",
+            "custom_data": "my-data",
+            "asr_confidence": 0.9,
+            "custom_entities": {"room": "kitchen"},
+        },
+        {},
+    ),
+    (
+        "nlu_intent_minimal",
+        "rhasspyhermes.nlu",
+        "NluIntent",
+        {"input": "what time is it", "intent": "__INTENT_GetTime__"},
+        {"intent_name": "GetTime"},
+    ),
+    (
+        "nlu_intent_full",
+        "rhasspyhermes.nlu",
+        "NluIntent",
+        {
+            "input": "turn on the light",
+            "intent": "__INTENT_LightOn__",
+            "site_id": "kitchen",
+            "id": "query-1",
+            "slots": "__SLOTS__",
+            "session_id": "sess-1",
+            "custom_data": "my-data",
+            "asr_tokens": "__ASR_TOKENS__",
+            "asr_confidence": 0.9,
+            "raw_input": "Turn on the light",
+            "wakeword_id": "porcupine",
+            "lang": "en",
+        },
+        {"intent_name": "LightOn"},
+    ),
+    (
+        "nlu_intent_not_recognized_minimal",
+        "rhasspyhermes.nlu",
+        "NluIntentNotRecognized",
+        {"input": "blah"},
+        {},
+    ),
+    (
+        "nlu_intent_not_recognized_full",
+        "rhasspyhermes.nlu",
+        "NluIntentNotRecognized",
+        {
+            "input": "blah",
+            "site_id": "kitchen",
+            "id": "query-1",
+            "custom_data": "my-data",
+            "session_id": "sess-1",
+        },
+        {},
+    ),
+]
+
 # Rhasspy error messages: all share the shape
 #   error: str (required), site_id: str = "default",
 #   context: Optional[str] = None, session_id: Optional[str] = None
@@ -164,9 +380,7 @@ ERROR_CLASSES = [
     ("audio_record_error", "rhasspyhermes.audioserver", "AudioRecordError", "arecord"),
 ]
 for _name, _module, _cls, _context in ERROR_CLASSES:
-    LIBRARY_CASES.append(
-        (f"{_name}_minimal", _module, _cls, {"error": "something went wrong"}, {})
-    )
+    LIBRARY_CASES.append((f"{_name}_minimal", _module, _cls, {"error": "something went wrong"}, {}))
     LIBRARY_CASES.append(
         (
             f"{_name}_full",
@@ -219,25 +433,70 @@ def _asr_tokens():
     return [tokens]
 
 
+def _nested(value):
+    """The library object a ``"__NAME__"`` marker of LIBRARY_CASES stands for."""
+    from rhasspyhermes.dialogue import (
+        DialogueAction,
+        DialogueNotification,
+        DialogueSessionTermination,
+        DialogueSessionTerminationReason,
+    )
+    from rhasspyhermes.intent import Intent, Slot, SlotRange
+    from rhasspyhermes.wake import HotwordToggleReason
+
+    if not (isinstance(value, str) and value.startswith("__") and value.endswith("__")):
+        return value
+    marker = value[2:-2]
+    if marker == "ASR_TOKENS":
+        return _asr_tokens()
+    if marker == "NOTIFICATION":
+        return DialogueNotification(text="Ready")
+    if marker == "ACTION":
+        return DialogueAction(
+            can_be_enqueued=True,
+            text="Which room?",
+            intent_filter=["ChooseRoom"],
+            send_intent_not_recognized=True,
+        )
+    if marker.startswith("REASON_"):
+        return HotwordToggleReason(marker[len("REASON_") :])
+    if marker.startswith("TERMINATION_"):
+        reason = DialogueSessionTerminationReason(marker[len("TERMINATION_") :])
+        return DialogueSessionTermination(reason=reason)
+    if marker.startswith("INTENT_"):
+        return Intent(intent_name=marker[len("INTENT_") :], confidence_score=0.87)
+    if marker == "SLOTS":
+        return [
+            Slot(
+                entity="room",
+                value={"kind": "Unknown", "value": "kitchen"},
+                slot_name="room",
+                raw_value="Kitchen",
+                confidence=0.8,
+                range=SlotRange(start=12, end=19, raw_start=12, raw_end=19),
+            ),
+            # slotName and rawValue left to the library's defaults (entity, value)
+            Slot(entity="color", value={"kind": "Unknown", "value": "red"}),
+        ]
+    raise ValueError(f"unknown marker {value!r}")
+
+
 def build_library_case(name, module_name, class_name, kwargs, topic_params):
     module = importlib.import_module(module_name)
     cls = getattr(module, class_name)
-    kwargs = dict(kwargs)
-    if kwargs.get("asr_tokens") == "__ASR_TOKENS__":
-        kwargs["asr_tokens"] = _asr_tokens()
+    kwargs = {key: _nested(value) for key, value in kwargs.items()}
     msg = cls(**kwargs)
     topic = cls.topic(**topic_params)
     if "+" in topic or "#" in topic:
-        raise RuntimeError(
-            f"{name}: topic {topic!r} is a wildcard; missing topic_params"
-        )
+        raise RuntimeError(f"{name}: topic {topic!r} is a wildcard; missing topic_params")
     payload = json.loads(msg.to_json())
 
     # Sanity: the library must accept its own output.
     is_topic = bool(cls.is_topic(topic))
     if not is_topic:
         raise RuntimeError(f"{name}: {class_name}.is_topic({topic!r}) is False")
-    again = json.loads(cls.from_dict(payload).to_json())
+    # a deep copy: DialogueStartSession.from_dict replaces `init` in the dict it gets
+    again = json.loads(cls.from_dict(copy.deepcopy(payload)).to_json())
     if again != payload:
         raise RuntimeError(f"{name}: round trip mismatch {again!r} != {payload!r}")
 
@@ -267,9 +526,7 @@ def build_hand_case(name, kind, payload):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--out", type=Path, default=DEFAULT_OUT, help="output directory"
-    )
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory")
     args = parser.parse_args(argv)
 
     from importlib.metadata import PackageNotFoundError, version
@@ -292,9 +549,7 @@ def main(argv=None):
     cases += [(c[0], build_hand_case(*c)) for c in HAND_CASES]
     for name, fixture in cases:
         path = args.out / f"{name}.json"
-        path.write_text(
-            json.dumps(fixture, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
-        )
+        path.write_text(json.dumps(fixture, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         written.append(path)
     for path in written:
         print(path)
