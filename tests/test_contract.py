@@ -169,6 +169,8 @@ def test_payload_parameters_point_into_the_payload() -> None:
     assert vad["location"] == "$message.payload#/siteId"
     hotword = doc["channels"][EventType.WAKE_WORD_DETECTED.value]["parameters"]["wakewordId"]
     assert "location" not in hotword and "topic only" in hotword["description"]
+    intent = doc["channels"][EventType.INTENT_RECOGNIZED.value]["parameters"]["intentName"]
+    assert intent["location"] == "$message.payload#/intent/intentName"  # nested: NluIntent
 
 
 # --- the JSON Schemas ---------------------------------------------------------------------

@@ -138,7 +138,11 @@ def _parameters(route: Route, payload_keys: Iterable[str]) -> dict[str, Any]:
     for name in route.template.parameters:
         text = _PARAMETER_TEXT.get(name, f"The `{name}` topic parameter.")
         param: dict[str, Any] = {}
-        if name in route.topic_only or name not in keys:
+        path = getattr(route.model, "topic_parameter_paths", {}).get(name)
+        if path is not None:  # e.g. NluIntent: intentName is the payload's intent.intentName
+            text += f" Filled from the payload's `{path.replace('/', '.')}`."
+            param["location"] = f"$message.payload#/{path}"
+        elif name in route.topic_only or name not in keys:
             text += " Travels in the topic only (restored into Event.data on receipt)."
         else:
             text += f" Filled from the payload's `{name}`."

@@ -11,7 +11,7 @@ emit them to ask for something, never to report that it happened.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Tag, model_validator
 from pydantic.alias_generators import to_camel
@@ -233,6 +233,10 @@ class NluIntent(Payload):
     on receipt ``intentName`` (from the topic) is in the data as well. An
     ``intentName`` that differs from ``intent.intentName`` is refused.
     """
+
+    topic_parameter_paths: ClassVar[dict[str, str]] = {"intentName": "intent/intentName"}
+    """Topic parameters whose value is a nested payload key (a JSON pointer); the
+    contract in ``topics/`` declares it as the parameter's location."""
 
     input: str
     intent: Intent
