@@ -13,7 +13,7 @@ import pytest
 
 from tests.broker import Mosquitto
 from tests.helpers import Collector, eventually
-from voicebus import EventBus, EventType, PayloadValidationError
+from voicebus import EventBus, EventType, PayloadValidationError, hermes_models
 from voicebus.wire.routes import topic_for
 
 E = EventType
@@ -121,3 +121,11 @@ async def test_commands_travel_on_their_hermes_topics(bus: EventBus, peer: Event
     events = await got.wait(len(commands))
     assert [(e.type, e.topic) for e in events] == [(t, c[1]) for t, c in commands.items()]
     assert events[3].data == {"sessionId": "s-1", "text": "bye"}  # no siteId, as in Hermes
+
+
+async def test_a_hermes_model_instance_can_be_emitted() -> None:
+    async with EventBus("memory://hermes-model") as bus:
+        say = hermes_models.TtsSay(text="hello", site_id="kitchen", id="say-1")
+        event = await bus.emit(E.TTS_SAY, say)
+        assert event.topic == "hermes/tts/say"
+        assert event.data == {"siteId": "kitchen", "text": "hello", "id": "say-1"}

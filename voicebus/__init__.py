@@ -38,7 +38,7 @@ from .receive.subscriptions import Subscription
 from .service import run
 from .singleton import emit_event, subscribe_to_events
 from .transport import Message
-from .wire import models
+from .wire import hermes_models, models
 from .wire.events import Event, EventType
 from .wire.models import Payload
 from .wire.routes import ROUTES, Route, RouteTable, register_route, topic_for
@@ -79,6 +79,7 @@ __all__ = [
     "VoicebusError",
     "__version__",
     "emit_event",
+    "hermes_models",
     "models",
     "register_route",
     "run",
