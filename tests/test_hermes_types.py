@@ -104,6 +104,15 @@ async def test_session_messages_need_a_session_id(event_type: EventType) -> None
             await bus.emit(event_type, {"termination": {"reason": "nominal"}})
 
 
+async def test_the_correlation_id_is_the_required_session_id() -> None:
+    async with EventBus("memory://hermes-session") as bus:
+        event = await bus.emit(E.SESSION_END, {"text": "bye"}, correlation_id="s-9")
+        assert event.data == {"sessionId": "s-9", "text": "bye"}
+        assert event.correlation_id == "s-9"
+        given = await bus.emit(E.SESSION_END, {"sessionId": "s-1"}, correlation_id="s-9")
+        assert given.data["sessionId"] == "s-1"  # the data's own session wins
+
+
 async def test_commands_travel_on_their_hermes_topics(bus: EventBus, peer: EventBus) -> None:
     got = Collector("commands")
     commands = {

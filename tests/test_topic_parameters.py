@@ -47,6 +47,8 @@ def _data(route: Route, **values: Any) -> dict[str, Any]:
     for name, field in route.model.model_fields.items():
         if field.is_required():
             data[field.alias or name] = "x"
+    if route.event_type == EventType.INTENT_RECOGNIZED:  # intentName is intent.intentName
+        data["intent"] = {"intentName": values.get("intentName", "x"), "confidenceScore": 1.0}
     data.update(values)
     return data
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import math
 import re
 import time
@@ -143,6 +144,13 @@ def encode(
     metadata: Mapping[str, Any] | None,
 ) -> tuple[Event, Message]:
     """Validate and encode one event; nothing is sent."""
+    if (
+        correlation_id is not None
+        and type(data) is dict
+        and data.get("sessionId") is None
+        and _requires_session(route.model)
+    ):  # Hermes dialogue messages need a sessionId: the correlation id is the session
+        data = {**data, "sessionId": correlation_id}
     wire = validate_payload(route, data)
     topic = route.topic(wire)
     timestamp = time.time()
@@ -179,6 +187,13 @@ def encode(
         True,
     )
     return event, message
+
+
+@functools.cache
+def _requires_session(model: type[Payload]) -> bool:
+    """The model has a required ``sessionId`` (Hermes ``DialogueEndSession``, ...)."""
+    info = model.model_fields.get("session_id")
+    return info is not None and info.is_required()
 
 
 def parse_json_object(payload: bytes) -> dict[str, Any]:
