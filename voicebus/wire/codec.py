@@ -14,15 +14,18 @@ from enum import Enum
 from typing import Any
 
 import pydantic
-from pydantic_core import from_json, to_json
+from pydantic_core import PydanticSerializationError, from_json, to_json
 
 from ..errors import DecodeError, PayloadValidationError
 from ..transport.base import Message
 from .events import Event
 from .models import Payload
 from .routes import Route, RouteTable
+from .strings import MAX_STRING_BYTES, mqtt_string_problem, nested_string_problem, shown
+from .topics import check_topic
 
 CONTENT_TYPE = "application/json"
+_SHORT_ENOUGH = MAX_STRING_BYTES // 4  # code points that fit an MQTT string however they encode
 
 
 def validate_payload(route: Route, data: Mapping[str, Any] | Payload) -> dict[str, Any]:
@@ -66,7 +69,12 @@ def encode(
     correlation_id: str | None,
     metadata: Mapping[str, Any] | None,
 ) -> tuple[Event, Message]:
-    """Validate and encode one event; nothing is sent."""
+    """Validate and encode one event; nothing is sent.
+
+    Every string that goes on the wire is checked to be a valid MQTT string (see
+    `strings`): the topic's parameters and length (`TopicError`), the user
+    properties and the correlation id (`PayloadValidationError` naming the field).
+    """
     wire = validate_payload(route, data)
     topic = route.topic(wire)
     timestamp = time.time()
@@ -90,19 +98,95 @@ def encode(
     if source:
         props.append(("source", source))
     if metadata:
-        props.append(("metadata", to_json(metadata).decode()))
+        props.append(("metadata", _metadata_json(route, metadata)))
+    for key, value in props:  # the keys are the literals above
+        problem = mqtt_string_problem(value)
+        if problem is not None:
+            raise _envelope_error(route, key, value, problem)
+    correlation_data = None
+    if correlation_id is not None:
+        problem = mqtt_string_problem(correlation_id)
+        if problem is not None:
+            raise _envelope_error(route, "correlation_id", correlation_id, problem)
+        correlation_data = correlation_id.encode()
     message = Message(
         topic,
-        to_json(wire),
+        _payload_json(route, wire),
         route.qos,
         route.retain,
-        correlation_id.encode() if correlation_id is not None else None,
+        correlation_data,
         tuple(props),
         CONTENT_TYPE,
         (),
         True,
     )
     return event, message
+
+
+def check_message(message: Message) -> None:
+    """Check the wire strings of a message built by hand (`EventBus.publish_message`):
+    the topic (`TopicError`) and every user-property key and value
+    (`PayloadValidationError`)."""
+    check_topic(message.topic)
+    for index, (key, value) in enumerate(message.user_properties):
+        for part, text in (("key", key), ("value", value)):
+            problem = mqtt_string_problem(text)
+            if problem is not None:
+                raise PayloadValidationError(
+                    "message",
+                    [f"user_properties[{index}].{part}"],
+                    f"{shown(text)} (on topic {shown(message.topic)}) {problem}",
+                )
+
+
+def _envelope_error(route: Route, field: str, value: str, problem: str) -> PayloadValidationError:
+    return PayloadValidationError(str(route.event_type.value), [field], f"{shown(value)} {problem}")
+
+
+def _metadata_json(route: Route, metadata: Mapping[str, Any]) -> str:
+    """`metadata` as the JSON text of one user property.
+
+    Its strings (keys and values, at any depth) must be MQTT strings themselves,
+    also those JSON would escape (a control character): peers decode them and may
+    send them on (a topic level, a property). JSON text without a backslash that is
+    printable holds no such string, and a short one none too long (the common case:
+    no walk through `metadata`).
+    """
+    try:
+        text = to_json(metadata).decode()
+    except PydanticSerializationError as exc:  # e.g. a lone surrogate: named below
+        _check_metadata_strings(route, metadata)
+        raise PayloadValidationError(
+            str(route.event_type.value), ["metadata"], f"not JSON: {exc}"
+        ) from None
+    if "\\" in text or len(text) > _SHORT_ENOUGH or not text.isprintable():
+        _check_metadata_strings(route, metadata)
+    return text  # its length is checked with the other user properties
+
+
+def _check_metadata_strings(route: Route, metadata: Mapping[str, Any]) -> None:
+    found = nested_string_problem(metadata, "metadata")
+    if found is not None:
+        where, problem = found
+        raise PayloadValidationError(str(route.event_type.value), [where], problem)
+
+
+def _payload_json(route: Route, wire: dict[str, Any]) -> bytes:
+    """The payload's JSON. Any string may go in it (the payload is binary, and JSON
+    escapes what it must) except one without a UTF-8 form (a lone surrogate)."""
+    try:
+        return to_json(wire)
+    except PydanticSerializationError as exc:
+        field = "payload"
+        for key, value in wire.items():
+            try:
+                to_json(value)
+            except PydanticSerializationError:
+                field = key
+                break
+        raise PayloadValidationError(
+            str(route.event_type.value), [field], f"cannot be encoded as JSON: {exc}"
+        ) from None
 
 
 def parse_json_object(payload: bytes) -> dict[str, Any]:
