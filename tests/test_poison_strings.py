@@ -22,6 +22,7 @@ import pytest
 
 from tests.broker import Mosquitto
 from tests.helpers import Collector
+from tests.test_cli import voicebus
 from voicebus import (
     EventBus,
     EventType,
@@ -448,3 +449,43 @@ async def test_a_copied_site_id_from_a_peer_becomes_a_dead_letter(
         assert "siteId" in dead["error"] and "U+0085 at index 3" in dead["error"]
         assert dead["event"].data["siteId"] == "kit\u0085chen"
     watch.assert_kept(service)
+
+
+# --- the CLI ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "names"),
+    [
+        (["audio_playback_started", "--data", '{"siteId": "kit\\u0085chen"}'], "siteId"),
+        (["wake_word_detected", "--data", '{"wakewordId": "\\ufdd0"}'], "wakewordId"),
+        (["speech_detected", "text=hi", "--source", "stt\x01"], "source"),
+        (["speech_detected", "text=hi", "--source", BIG], "source"),
+        (["speech_detected", "text=hi", "--correlation-id", "s\x7f"], "correlation_id"),
+    ],
+    ids=["siteId", "wakewordId", "source", "source-70KB", "correlation-id"],
+)
+def test_cli_publish_exits_2_with_one_line(
+    mosquitto: Mosquitto, args: list[str], names: str
+) -> None:
+    result = voicebus("publish", *args, url=mosquitto.url())
+    assert result.returncode == 2, result.stderr
+    assert "published" not in result.stdout
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("voicebus: error: ")
+    assert names in lines[0]
+    assert len(lines[0]) < 400
+
+
+def test_cli_publish_checks_before_connecting() -> None:
+    """Exit 2 (bad input), not 3 (no broker): nothing listens on that port."""
+    result = voicebus(
+        "publish",
+        "audio_playback_started",
+        "--data",
+        '{"siteId": "a\\u0001"}',
+        url="mqtt://127.0.0.1:9",
+    )
+    assert result.returncode == 2, result.stderr
+    assert "U+0001" in result.stderr
