@@ -90,37 +90,61 @@ def encode(
     )
     if route.topic_only:
         wire = {k: v for k, v in wire.items() if k not in route.topic_only}
-    props: list[tuple[str, str]] = [
-        ("id", event_id),
-        ("type", route.event_type._value_),
-        ("time", repr(timestamp)),
-    ]
+    type_value = route.event_type._value_
+    if type(type_value) is not str:  # a user's Enum of numbers
+        type_value = str(type_value)
+    time_text = repr(timestamp)
+    props: list[tuple[str, str]] = [("id", event_id), ("type", type_value), ("time", time_text)]
+    envelope = event_id + type_value + time_text
     if source:
         props.append(("source", source))
+        envelope += source
     if metadata:
-        props.append(("metadata", _metadata_json(route, metadata)))
-    for key, value in props:  # the keys are the literals above
-        problem = mqtt_string_problem(value)
-        if problem is not None:
-            raise _envelope_error(route, key, value, problem)
-    correlation_data = None
+        metadata_text = _metadata_json(route, metadata)
+        props.append(("metadata", metadata_text))
+        envelope += metadata_text
     if correlation_id is not None:
-        problem = mqtt_string_problem(correlation_id)
-        if problem is not None:
-            raise _envelope_error(route, "correlation_id", correlation_id, problem)
-        correlation_data = correlation_id.encode()
+        envelope += correlation_id
+    # One scan for the common case: printable (see `strings.mqtt_string_problem`) and
+    # short enough that no value can be over the limit. Else each value is checked.
+    if not envelope.isprintable() or len(envelope) > _SHORT_ENOUGH:
+        _check_envelope(route, props, correlation_id, metadata)
+    try:
+        payload = to_json(wire)
+    except PydanticSerializationError as exc:
+        raise _unencodable(route, wire, exc) from None
     message = Message(
         topic,
-        _payload_json(route, wire),
+        payload,
         route.qos,
         route.retain,
-        correlation_data,
+        correlation_id.encode() if correlation_id is not None else None,
         tuple(props),
         CONTENT_TYPE,
         (),
         True,
     )
     return event, message
+
+
+def _check_envelope(
+    route: Route,
+    props: list[tuple[str, str]],
+    correlation_id: str | None,
+    metadata: Mapping[str, Any] | None,
+) -> None:
+    """Raise `PayloadValidationError` naming the first envelope value (user property
+    or correlation id) that is not a valid MQTT string."""
+    values = [*props, ("correlation_id", correlation_id)] if correlation_id is not None else props
+    for field, value in values:
+        problem = mqtt_string_problem(value)
+        if problem is None:
+            continue
+        if field == "metadata" and metadata:  # name the key or value if one is to blame
+            _check_metadata_strings(route, metadata)
+        raise PayloadValidationError(
+            str(route.event_type.value), [field], f"{shown(value)} {problem}"
+        )
 
 
 def check_message(message: Message) -> None:
@@ -139,17 +163,13 @@ def check_message(message: Message) -> None:
                 )
 
 
-def _envelope_error(route: Route, field: str, value: str, problem: str) -> PayloadValidationError:
-    return PayloadValidationError(str(route.event_type.value), [field], f"{shown(value)} {problem}")
-
-
 def _metadata_json(route: Route, metadata: Mapping[str, Any]) -> str:
     """`metadata` as the JSON text of one user property.
 
     Its strings (keys and values, at any depth) must be MQTT strings themselves,
     also those JSON would escape (a control character): peers decode them and may
-    send them on (a topic level, a property). JSON text without a backslash that is
-    printable holds no such string, and a short one none too long (the common case:
+    send them on (a topic level, a property). Printable JSON text without a
+    backslash holds no such string, and a short one none too long (the common case:
     no walk through `metadata`).
     """
     try:
@@ -159,9 +179,9 @@ def _metadata_json(route: Route, metadata: Mapping[str, Any]) -> str:
         raise PayloadValidationError(
             str(route.event_type.value), ["metadata"], f"not JSON: {exc}"
         ) from None
-    if "\\" in text or len(text) > _SHORT_ENOUGH or not text.isprintable():
+    if "\\" in text or len(text) > _SHORT_ENOUGH:  # what is not printable: by `encode`
         _check_metadata_strings(route, metadata)
-    return text  # its length is checked with the other user properties
+    return text  # checked with the other user properties
 
 
 def _check_metadata_strings(route: Route, metadata: Mapping[str, Any]) -> None:
@@ -171,22 +191,21 @@ def _check_metadata_strings(route: Route, metadata: Mapping[str, Any]) -> None:
         raise PayloadValidationError(str(route.event_type.value), [where], problem)
 
 
-def _payload_json(route: Route, wire: dict[str, Any]) -> bytes:
-    """The payload's JSON. Any string may go in it (the payload is binary, and JSON
-    escapes what it must) except one without a UTF-8 form (a lone surrogate)."""
-    try:
-        return to_json(wire)
-    except PydanticSerializationError as exc:
-        field = "payload"
-        for key, value in wire.items():
-            try:
-                to_json(value)
-            except PydanticSerializationError:
-                field = key
-                break
-        raise PayloadValidationError(
-            str(route.event_type.value), [field], f"cannot be encoded as JSON: {exc}"
-        ) from None
+def _unencodable(
+    route: Route, wire: dict[str, Any], exc: PydanticSerializationError
+) -> PayloadValidationError:
+    """The payload has a string without a UTF-8 form (a lone surrogate): name its field.
+    (Any other string may go in the payload: it is binary, and JSON escapes what it must.)"""
+    field = "payload"
+    for key, value in wire.items():
+        try:
+            to_json(value)
+        except PydanticSerializationError:
+            field = key
+            break
+    return PayloadValidationError(
+        str(route.event_type.value), [field], f"cannot be encoded as JSON: {exc}"
+    )
 
 
 def parse_json_object(payload: bytes) -> dict[str, Any]:

@@ -27,9 +27,10 @@ NON_CHARACTERS = frozenset(
 )
 """The 66 Unicode non-characters."""
 
-_NOT_IN_MQTT_STRING = re.compile(
-    "[\x00-\x1f\x7f-\x9f\ud800-\udfff" + "".join(chr(code) for code in sorted(NON_CHARACTERS)) + "]"
-)
+_BAD_IN_BMP = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff\ufdd0-\ufdef\ufffe\uffff]")
+_ASTRAL_SUSPECT = re.compile("[\U0001fffe-\U0010ffff]")
+"""Code points from the first astral non-character on (a class of the 32 astral
+non-characters themselves would make every search several times slower)."""
 
 
 def mqtt_string_problem(value: str) -> str | None:
@@ -43,9 +44,10 @@ def mqtt_string_problem(value: str) -> str | None:
     searched code point by code point.
     """
     if not value.isprintable():
-        found = _NOT_IN_MQTT_STRING.search(value)
+        found = _first_forbidden(value)
         if found is not None:
-            return f"contains {describe(ord(found.group()))} at index {found.start()}"
+            index, code = found
+            return f"contains {describe(code)} at index {index}"
     if len(value) > _SHORT_ENOUGH:
         size = len(value) if value.isascii() else len(value.encode())  # no surrogate here
         if size > MAX_STRING_BYTES:
@@ -53,6 +55,17 @@ def mqtt_string_problem(value: str) -> str | None:
                 f"is {size} bytes long in UTF-8, more than the {MAX_STRING_BYTES} of an MQTT string"
             )
     return None
+
+
+def _first_forbidden(value: str) -> tuple[int, int] | None:
+    """Index and code point of the first code point no MQTT string may hold."""
+    found = _BAD_IN_BMP.search(value)
+    end = len(value) if found is None else found.start()
+    for suspect in _ASTRAL_SUSPECT.finditer(value, 0, end):
+        code = ord(suspect.group())
+        if code & 0xFFFE == 0xFFFE:  # U+xxFFFE or U+xxFFFF
+            return suspect.start(), code
+    return None if found is None else (found.start(), ord(found.group()))
 
 
 def describe(code: int) -> str:

@@ -35,20 +35,11 @@ def check_parameter(name: str, value: object) -> str:
                 f"topic parameter {name!r}={shown(value)} contains {char!r}, "
                 "which cannot appear in one topic level"
             )
-    problem = mqtt_string_problem(value)
-    if problem is not None:
-        raise TopicError(f"topic parameter {name!r}={shown(value)} {problem}")
+    if not value.isprintable() or len(value) > _SHORT_ENOUGH:  # else surely valid
+        problem = mqtt_string_problem(value)
+        if problem is not None:
+            raise TopicError(f"topic parameter {name!r}={shown(value)} {problem}")
     return value
-
-
-def _check_size(topic: str, what: str) -> None:
-    if len(topic) > _SHORT_ENOUGH:
-        size = len(topic.encode("utf-8", "surrogatepass"))
-        if size > MAX_TOPIC_BYTES:
-            raise TopicError(
-                f"{what} {shown(topic)} is {size} bytes long, more than the "
-                f"{MAX_TOPIC_BYTES} of an MQTT topic"
-            )
 
 
 def check_topic(topic: str) -> str:
@@ -151,7 +142,13 @@ class TopicTemplate:
             else:
                 out.append(level)
         topic = "/".join(out)
-        _check_size(topic, f"topic of {self.template!r}")
+        if len(topic) > _SHORT_ENOUGH:
+            size = len(topic.encode())  # the levels hold no surrogate
+            if size > MAX_TOPIC_BYTES:
+                raise TopicError(
+                    f"topic of {self.template!r} {shown(topic)} is {size} bytes long, "
+                    f"more than the {MAX_TOPIC_BYTES} of an MQTT topic"
+                )
         return topic
 
     def parse(self, topic: str) -> dict[str, str] | None:
