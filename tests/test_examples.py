@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import queue
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -43,19 +44,21 @@ class RawSubscriber:
     """A plain paho MQTT 3.1.1 client (no properties, like Rhasspy) recording messages."""
 
     def __init__(self, broker: Mosquitto, *filters: str) -> None:
-        self.messages: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
+        self.messages: queue.Queue[tuple[str, bytes]] = queue.Queue()
         self._subscribed = threading.Event()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
         self.client.on_connect = lambda c, *_: c.subscribe([(f, 1) for f in filters])
         self.client.on_subscribe = lambda *_: self._subscribed.set()
-        self.client.on_message = lambda _c, _u, msg: self.messages.put(
-            (msg.topic, json.loads(msg.payload))
-        )
+        self.client.on_message = lambda _c, _u, msg: self.messages.put((msg.topic, msg.payload))
         self.client.connect("127.0.0.1", broker.port)
         self.client.loop_start()
         assert self._subscribed.wait(10), "the raw subscriber got no SUBACK"
 
     def next(self, timeout: float = 10.0) -> tuple[str, dict[str, Any]]:
+        topic, payload = self.next_raw(timeout)
+        return topic, json.loads(payload)
+
+    def next_raw(self, timeout: float = 10.0) -> tuple[str, bytes]:
         try:
             return self.messages.get(timeout=timeout)
         except queue.Empty:
@@ -149,15 +152,42 @@ def test_intent_handler_ends_the_session_or_says_the_answer(
         stop_cleanly(tts, mosquitto, TTS)
 
 
-# --- the README shows the files as they are --------------------------------------------
+# --- the README shows the files as they are, and what they answer ----------------------
+
+
+def readme_section() -> str:
+    text = (ROOT / "README.md").read_text()
+    start_at = text.index(SECTION)
+    return text[start_at : text.find("\n## ", start_at + len(SECTION))]
+
+
+def test_the_readme_commands_get_the_replies_it_shows(mosquitto: Mosquitto) -> None:
+    section = readme_section()
+    commands = [
+        shlex.split(line)
+        for block in re.findall(r"```bash\n(.*?)```", section, re.S)
+        for line in block.replace("\\\n", " ").splitlines()
+        if line.startswith("mosquitto_pub ")
+    ]
+    replies = re.findall(r"`(hermes/[^ `]+) (\{[^`]*\})`", section)
+    assert len(commands) == len(replies) == 2
+    sub = RawSubscriber(mosquitto, *(topic for topic, _ in replies))
+    try:
+        with start(TTS, mosquitto) as tts, start(INTENTS, mosquitto) as intents:
+            for words, (topic, payload) in zip(commands, replies, strict=True):
+                port = words.index("-p") + 1
+                argv = [*words[:port], str(mosquitto.port), *words[port + 1 :], "-V", "311"]
+                subprocess.run(argv, check=True, timeout=10)
+                assert sub.next_raw() == (topic, payload.encode())  # byte for byte
+            stop_cleanly(intents, mosquitto, INTENTS)
+            stop_cleanly(tts, mosquitto, TTS)
+    finally:
+        sub.close()
 
 
 def readme_snippets() -> dict[str, str]:
-    text = (ROOT / "README.md").read_text()
-    start_at = text.index(SECTION)
-    end = text.find("\n## ", start_at + len(SECTION))
     found = {}
-    for block in re.findall(r"```python\n(.*?)```", text[start_at:end], re.S):
+    for block in re.findall(r"```python\n(.*?)```", readme_section(), re.S):
         match = re.fullmatch(r"# (\w+\.py): .+", block.splitlines()[0])
         assert match, block.splitlines()[0]
         found[match.group(1)] = block
@@ -172,9 +202,7 @@ def test_the_readme_shows_the_examples_verbatim() -> None:
 
 
 def test_the_readme_table_lists_every_hermes_json_type() -> None:
-    text = (ROOT / "README.md").read_text()
-    section = text[text.index(SECTION) : text.index("\n## ", text.index(SECTION) + 1)]
-    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    rows = [line for line in readme_section().splitlines() if line.startswith("| `")]
     for event_type in {*EVENT_FOR_CLASS.values(), EventType.SPEECH_ENDED}:
         route = ROUTES.get(event_type)
         row = next((r for r in rows if f"`{event_type.name}`" in r), None)
