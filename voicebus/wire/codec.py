@@ -154,7 +154,7 @@ def encode(
     """
     if (
         correlation_id is not None
-        and type(data) is dict
+        and isinstance(data, Mapping)
         and data.get("sessionId") is None
         and _requires_session(route.model)
     ):  # Hermes dialogue messages need a sessionId: the correlation id is the session
