@@ -1,4 +1,5 @@
-"""The ``voicebus`` command line: publish, listen, wait, topics, status, dlq, demo.
+"""The ``voicebus`` command line: publish, listen, wait, topics, status, dlq, demo
+(and record, replay, trace from `timeline`).
 
 Every command takes ``--url`` (default ``$VOICEBUS_URL``, then ``memory://``) and
 prints rich output on a terminal, plain lines in a pipe, JSON with ``--json``.
@@ -38,6 +39,7 @@ from .support import (
     stop_on_signals,
     topic_filter,
 )
+from .timeline import register as register_timeline
 
 app = typer.Typer(
     help="voicebus: the voice-assistant event bus over MQTT (or in-process memory://).",
@@ -46,6 +48,7 @@ app = typer.Typer(
 )
 app.add_typer(contract_app, name="contract")
 app.add_typer(dlq_app, name="dlq")
+register_timeline(app)
 
 
 def _version(value: bool) -> None:
@@ -301,6 +304,14 @@ def demo(
     timeout: Annotated[
         float, typer.Option("--timeout", help="Seconds one utterance may take.")
     ] = 10.0,
+    run_id: Annotated[
+        str | None,
+        typer.Option(
+            "--run-id",
+            help="Correlation ids are demo-RUN_ID-N (default: random).",
+            show_default=False,
+        ),
+    ] = None,
     url: Url = None,
     as_json: AsJson = False,
 ) -> None:
@@ -321,7 +332,7 @@ def demo(
 
     async def body() -> list[Utterance]:
         try:
-            return await run_demo(bus_url, utterances, Engines(scale=scale), timeout)
+            return await run_demo(bus_url, utterances, Engines(scale=scale), timeout, run_id=run_id)
         except DemoError as exc:
             raise out.CliError(str(exc), out.EXIT_TIMEOUT) from None
 
