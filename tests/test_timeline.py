@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import uuid
 from pathlib import Path
 
@@ -171,17 +172,23 @@ def test_trace_of_a_demo_run_prints_its_hops_with_latencies(mosquitto: Mosquitto
     run_id = uuid.uuid4().hex[:6]
     cid = f"demo-{run_id}-1"
     args = ("trace", cid, "--quiet", "0.5", "--timeout", "20", "--url", url)
-    with Background.voicebus(*args) as text, Background.voicebus(*args, "--json") as data:
+    with (
+        Background.voicebus(*args) as text,
+        Background.voicebus("trace", "--follow", "--json", "--quiet", "0.5", "--url", url) as data,
+    ):
         text.wait_for("tracing correlation id", "stderr")
-        data.wait_for("tracing correlation id", "stderr")
-        demo = voicebus("demo", "--run-id", run_id, "--scale", "0.05", "--url", url)
+        data.wait_for("tracing every utterance", "stderr")
+        demo = voicebus("demo", "-n", "2", "--run-id", run_id, "--scale", "0.05", "--url", url)
         assert demo.returncode == 0, demo.stderr
         code, out, err = text.finish()
         assert code == 0, err
-        code, raw, err = data.finish()
+        data.wait_for(f'"correlation_id": "demo-{run_id}-2"')
+        code, raw, err = data.finish(signal.SIGINT)
         assert code == 0, err
+    followed = [json.loads(line) for line in raw.splitlines()]
+    assert [t["correlation_id"] for t in followed] == [cid, f"demo-{run_id}-2"]
     assert out.startswith(f"trace {cid}: 8 message(s)")
-    (trace,) = [json.loads(line) for line in raw.splitlines()]
+    trace = followed[0]
     events = trace["events"]
     assert trace["correlation_id"] == cid
     hops = [(e["hop"], e["type"]) for e in events]
@@ -194,7 +201,11 @@ def test_trace_of_a_demo_run_prints_its_hops_with_latencies(mosquitto: Mosquitto
     assert all(e["latency_ms"] >= 0 for e in events[1:])
     offsets = [e["offset_ms"] for e in events]
     assert offsets == sorted(offsets) and trace["total_ms"] == offsets[-1] > 0
-    assert sum(e["latency_ms"] for e in events[1:]) == pytest.approx(offsets[-1], abs=0.01)
+    at = {e["id"]: e["offset_ms"] for e in events}
+    for e in events[1:]:  # the latency since its parent (by parent_id, or the previous one)
+        assert e["latency_ms"] == pytest.approx(e["offset_ms"] - at[e["parent_id"]], abs=0.01)
+    shown = [line.split("ms")[1].split()[-1] for line in lines[1:]]  # the latency column
+    assert shown == [f"{e['latency_ms']:.1f}" for e in events[1:]]  # text and JSON agree
 
 
 def _hops_of(lines: list[str]) -> list[tuple[str, str]]:
@@ -217,18 +228,26 @@ async def test_a_replayed_demo_has_the_same_hops_on_fresh_services(
     second.start()
     run_id = uuid.uuid4().hex[:6]
     first_file, second_file = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
+    only_file = tmp_path / "only.jsonl"
     try:
+        only = f"demo-{run_id}-2"
         with (
             Background.voicebus("record", str(first_file), "-n", "24", "--url", first.url()) as one,
             Background.voicebus(
                 "record", str(second_file), "-n", "24", "--url", second.url()
             ) as two,
-        ):
-            for recorder in (one, two):
-                await asyncio.to_thread(recorder.wait_for, "recording #", "stderr")
+            Background.voicebus(
+                "record", str(only_file), "speech_detected", "tts_completed",
+                "--correlation-id", only, "--url", first.url(),
+            ) as three,
+        ):  # fmt: skip
+            for recorder in (one, two, three):
+                await asyncio.to_thread(recorder.wait_for, "recording ", "stderr")
             runs = await run_demo(first.url(), 3, FAST, run_id=run_id)
             code, _, err = await asyncio.to_thread(one.finish)
             assert code == 0, err
+            code, _, err = await asyncio.to_thread(three.finish, signal.SIGINT)
+            assert code == 0 and "recorded 2 message(s)" in err, err
             async with Demo(second.url(), FAST, run_id=run_id) as fresh:
                 replayed = await asyncio.to_thread(
                     voicebus, "replay", str(first_file), "--roots", "--speed", "4",
@@ -244,6 +263,10 @@ async def test_a_replayed_demo_has_the_same_hops_on_fresh_services(
     assert original.correlation_ids() == [r.correlation_id for r in runs]
     assert len(original) == len(again) == 24
     assert json.loads(replayed.stdout)["replayed"] == 3
+    picked = load_recording(only_file)
+    assert [(m.type, m.correlation_id) for m in picked] == [
+        ("speech_detected", only), ("tts_completed", only)
+    ]  # fmt: skip
     for before, after in zip(traces(original), traces(again), strict=True):
         assert before.correlation_id == after.correlation_id
         linked = [row.linked_by for row in after.rows]
