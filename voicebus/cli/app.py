@@ -21,7 +21,8 @@ from ..wire.codec import encode
 from ..wire.events import Event
 from ..wire.routes import ROUTES
 from . import output as out
-from .contract import contract_app, payload_schema
+from .asyncapi import payload_schema
+from .contract import contract_app
 from .demo import Engines, Utterance, hop_summary, run_demo
 from .dlq import dlq_app
 from .support import (
