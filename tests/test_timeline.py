@@ -9,12 +9,14 @@ import uuid
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from tests.broker import Mosquitto
 from tests.helpers import eventually
 from tests.test_cli import Background, voicebus
 from voicebus import EventBus, Message, RecordingError
-from voicebus.cli.demo import PIPELINE, Demo, Engines, run_demo
+from voicebus.cli.app import app
+from voicebus.cli.demo import PIPELINE, Demo, DemoError, Engines, run_demo
 from voicebus.ops.recording import RecordedMessage, record_message, replay_message
 from voicebus.ops.trace import traces
 from voicebus.testing import Recording, load_recording, record, replay
@@ -315,3 +317,21 @@ async def test_a_recorded_memory_demo_replays_as_a_regression_test() -> None:
         await eventually(lambda: len(after) == len(before))
     assert [t.hops() for t in traces(after)] == [t.hops() for t in traces(before)]
     assert len(traces(before)) == 2
+
+
+def test_trace_and_demo_refuse_what_they_cannot_do(tmp_path: Path) -> None:
+    runner = CliRunner()
+    result = runner.invoke(app, ["trace"])
+    assert result.exit_code == 2 and "give a CORRELATION_ID, --follow, or --from FILE" in (
+        result.stderr
+    )
+    path = tmp_path / "r.jsonl"
+    Recording([record_message(msg("a", "e1", 1.0), 1.0)]).save(path)
+    result = runner.invoke(app, ["trace", "nope", "--from", str(path)])
+    assert result.exit_code == 2 and f"no message with correlation id nope in {path}" in (
+        result.stderr
+    )
+    result = runner.invoke(app, ["trace", "--from", str(path), "--json"])
+    assert result.exit_code == 0 and json.loads(result.stdout)["correlation_id"] == "u1"
+    with pytest.raises(DemoError, match="run id 'a/b'"):
+        Demo(run_id="a/b")

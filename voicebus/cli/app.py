@@ -23,7 +23,7 @@ from ..wire.routes import ROUTES
 from . import output as out
 from .asyncapi import payload_schema
 from .contract import contract_app
-from .demo import Engines, Utterance, hop_summary, run_demo
+from .demo import RUN_ID, Engines, Utterance, hop_summary, run_demo
 from .dlq import dlq_app
 from .support import (
     MEMORY_NOTE,
@@ -323,6 +323,8 @@ def demo(
     bus_url = resolve_url(url)
     with out.reported_errors():
         check_url(bus_url)
+        if run_id is not None and not RUN_ID.fullmatch(run_id):
+            raise out.CliError(f"--run-id {run_id!r}: use 1-32 letters, digits, '_' or '-'")
     if not as_json:
         print(
             f"voicebus demo on {parse_url(bus_url).redacted()}: services wakeword, stt, llm, "

@@ -63,7 +63,7 @@ SCRIPT: tuple[tuple[str, str], ...] = (
 """What the simulated user says and what the simulated LLM answers."""
 
 WAKEWORD = "hey_voicebus"
-_RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")
+RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")
 """A run id: part of the client ids and of the correlation ids ``demo-<run id>-<n>``."""
 
 
@@ -288,7 +288,7 @@ class Demo:
         timeout: float = 10.0,
         run_id: str | None = None,
     ) -> None:
-        if run_id is not None and not _RUN_ID.fullmatch(run_id):
+        if run_id is not None and not RUN_ID.fullmatch(run_id):
             raise DemoError(f"run id {run_id!r}: use 1-32 letters, digits, '_' or '-'")
         self.run_id = run_id or uuid.uuid4().hex[:6]
         if url is None or url.rstrip("/") == "memory:":
