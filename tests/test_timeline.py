@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from tests.broker import Mosquitto
 from tests.helpers import eventually
 from tests.test_cli import Background, voicebus
-from voicebus import EventBus, Message, RecordingError
+from voicebus import EventBus, EventType, Message, RecordingError
 from voicebus.cli.app import app
 from voicebus.cli.demo import PIPELINE, Demo, DemoError, Engines, run_demo
 from voicebus.ops.recording import RecordedMessage, record_message, replay_message
@@ -335,3 +335,37 @@ def test_trace_and_demo_refuse_what_they_cannot_do(tmp_path: Path) -> None:
     assert result.exit_code == 0 and json.loads(result.stdout)["correlation_id"] == "u1"
     with pytest.raises(DemoError, match="run id 'a/b'"):
         Demo(run_id="a/b")
+
+
+async def test_a_failing_handler_shows_in_the_trace(mosquitto: Mosquitto) -> None:
+    """A real dead letter and ERROR_OCCURRED, recorded off the broker, join the
+    utterance's trace."""
+    cid = f"fail-{uuid.uuid4().hex[:6]}"
+
+    def broken(event: object) -> None:
+        raise ValueError("no engine")
+
+    async with (
+        record(mosquitto.url()) as recorded,
+        EventBus(mosquitto.url(), client_id=f"stt-{cid}") as stt,
+        EventBus(mosquitto.url(), client_id=f"mic-{cid}") as mic,
+    ):
+        stt.subscribe(EventType.WAKE_WORD_DETECTED, broken)
+        await stt.ready()
+        await mic.emit(
+            EventType.WAKE_WORD_DETECTED, {"wakewordId": "hey", "siteId": "k"}, correlation_id=cid
+        )
+
+        def kinds() -> list[str]:
+            (one,) = traces(recorded, cid)
+            return sorted(row.kind for row in one.rows)
+
+        await eventually(lambda: kinds() == ["dead_letter", "error", "event"])
+    (one,) = traces(recorded, cid)
+    rows = {row.kind: row for row in one.rows}
+    assert rows["event"].hop == f"mic-{cid}" and rows["event"].type == "wake_word_detected"
+    assert rows["dead_letter"].parent is rows["event"]  # the event that failed
+    assert rows["dead_letter"].hop == f"mic-{cid} -> stt-{cid}"
+    assert rows["dead_letter"].detail.startswith("handler_error: no engine (handler test_")
+    assert rows["error"].source == f"stt-{cid}" and "no engine" in rows["error"].detail
+    assert one.to_dict()["dead_letters"] == one.to_dict()["errors"] == 1
