@@ -136,6 +136,7 @@ def test_the_waterfall_follows_parent_ids_and_shows_failures() -> None:
             payload=b'{"error":"boom","context":"response_generated"}'),
         msg("voicebus/cancelled", "f", 1.5, type="cancelled", source="arbiter",
             payload=b'{"reason":"barge_in"}'),
+        Message("hermes/asr/textCaptured", b'{"text":"hi","sessionId":"u1"}'),  # Rhasspy
         msg("t/z", "z", 1.2, source="other"),
     ]  # fmt: skip
     other = messages.pop()
@@ -150,19 +151,22 @@ def test_the_waterfall_follows_parent_ids_and_shows_failures() -> None:
         ("tts -> tts", "error_occurred", "error"),
         ("tts -> x", "note", "event"),
         ("x -> arbiter", "cancelled", "cancelled"),
+        ("arbiter -> ?", "speech_detected", "event"),  # no envelope: its topic's type,
     ]
+    # its receive time, its sessionId as correlation id
     assert [r.linked_by for r in one.rows] == [
-        None, "parent_id", "parent_id", "parent_id", "previous", "previous", "previous"
+        None, "parent_id", "parent_id", "parent_id", "previous", "previous", "previous",
+        "previous",
     ]  # fmt: skip
     latencies = [r.latency_ms for r in one.rows]
     assert latencies[0] is None
-    assert latencies[1:] == pytest.approx([100, 300, 50, 10, 40, 100])
+    assert latencies[1:] == pytest.approx([100, 300, 50, 10, 40, 100, 500])
     assert one.rows[3].detail == "handler_error: boom (handler on_text)"
     assert one.rows[4].detail == "response_generated: boom"
     assert one.rows[6].detail == "barge_in"
     doc = one.to_dict()
     assert (doc["dead_letters"], doc["errors"], doc["cancellations"]) == (1, 1, 1)
-    assert doc["total_ms"] == pytest.approx(500)
+    assert doc["total_ms"] == pytest.approx(1000)
     assert [t.correlation_id for t in traces(recorded)] == ["u1", "u2"]
 
 

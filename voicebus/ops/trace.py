@@ -11,10 +11,14 @@ set, else when it was received):
 - **latency**: time since its parent: the message named by its ``parent`` user
   property (`Event.parent_id`) when that message is in the trace, else the
   previous message of the utterance (``linked_by`` says which);
-- **kind**: ``event``; ``error`` (an ERROR_OCCURRED); ``cancelled`` (a CANCELLED,
-  on ``voicebus/cancelled``); ``dead_letter`` (a record on
+- **kind**: ``event``; ``error`` (an ERROR_OCCURRED); ``cancelled`` (a
+  CANCELLED, on ``voicebus/cancelled``); ``dead_letter`` (a record on
   ``voicebus/deadLetter/<id>`` whose event had this correlation id: its source is
   the bus that recorded it, its parent the event that failed).
+
+A message without Correlation Data, from a peer without MQTT 5 (Rhasspy),
+belongs to its payload's ``sessionId`` and has its topic's event type, as
+`voicebus.wire.codec.decode` reads it.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..deadletters import DEAD_LETTER_PREFIX
+from ..wire.routes import ROUTES
 from .recording import RecordedMessage
 
 __all__ = [
@@ -122,14 +127,18 @@ def _json(payload: bytes) -> Any:
 
 def trace_entry(message: RecordedMessage) -> TraceRow | None:
     """The trace row of `message` (not yet linked), or None when it belongs to no
-    utterance (no correlation id; an empty or unreadable dead-letter record)."""
+    utterance (no correlation id nor ``sessionId``; an empty or unreadable
+    dead-letter record)."""
     if message.topic.startswith(DEAD_LETTER_PREFIX):
         return _dead_letter_entry(message)
-    if message.correlation_id is None:
-        return None
-    kind, detail = "event", ""
     data = _json(message.payload)
     fields = data if isinstance(data, dict) else {}
+    correlation_id = message.correlation_id
+    if correlation_id is None and isinstance(fields.get("sessionId"), str):
+        correlation_id = fields["sessionId"]  # a peer without MQTT 5 (Rhasspy), as decode does
+    if not correlation_id:
+        return None
+    kind, detail = "event", ""
     if message.type == ERROR_TYPE or message.topic.startswith("voicebus/error/"):
         kind = "error"
         detail = f"{fields.get('context') or ''}: {fields.get('error') or ''}".strip(": ")
@@ -140,14 +149,20 @@ def trace_entry(message: RecordedMessage) -> TraceRow | None:
         message,
         kind,
         message.id,
-        message.type or "?",
+        message.type or _routed_type(message.topic),
         message.topic,
         message.source or "?",
         message.timestamp,
-        message.correlation_id,
+        correlation_id,
         message.parent_id,
         detail,
     )
+
+
+def _routed_type(topic: str) -> str:
+    """The event type of `topic` in the route table (a message without envelope)."""
+    found = ROUTES.match(topic)
+    return str(found[0].event_type.value) if found is not None else "?"
 
 
 def _dead_letter_entry(message: RecordedMessage) -> TraceRow | None:
