@@ -49,7 +49,6 @@ app = typer.Typer(
 )
 app.add_typer(contract_app, name="contract")
 app.add_typer(dlq_app, name="dlq")
-register_timeline(app)
 
 
 def _version(value: bool) -> None:
@@ -350,3 +349,6 @@ def demo(
         )
         return
     out.print_demo(runs, hop_summary(runs) if len(runs) > 1 else [])
+
+
+register_timeline(app)  # record, replay, trace (cli/timeline.py), listed after demo

@@ -125,7 +125,9 @@ async def _listen(
 
 
 def record(
-    file: Annotated[Path, typer.Argument(help="Where to write the recording (JSON Lines).")],
+    file: Annotated[
+        Path, typer.Argument(metavar="FILE", help="Where to write the recording (JSON Lines).")
+    ],
     patterns: Patterns = None,
     correlation_id: CorrelationId = None,
     count: Annotated[
@@ -169,7 +171,7 @@ def record(
 
 
 def replay_command(
-    file: Annotated[Path, typer.Argument(help="A recording (voicebus record).")],
+    file: Annotated[Path, typer.Argument(metavar="FILE", help="A recording (voicebus record).")],
     speed: Annotated[
         float,
         typer.Option("--speed", min=0.0, help="Time factor: 2 twice as fast, 0 no waiting."),
@@ -207,14 +209,19 @@ def replay_command(
 def trace(
     correlation_id: Annotated[
         str | None,
-        typer.Argument(metavar="[CORRELATION_ID]", help="The utterance.", show_default=False),
+        typer.Argument(metavar="CORRELATION_ID", help="The utterance.", show_default=False),
     ] = None,
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Trace each utterance as it happens.")
     ] = False,
     source: Annotated[
         Path | None,
-        typer.Option("--from", help="Read a recording instead of the bus.", show_default=False),
+        typer.Option(
+            "--from",
+            metavar="FILE",
+            help="Read a recording instead of the bus.",
+            show_default=False,
+        ),
     ] = None,
     quiet: Annotated[
         float,
