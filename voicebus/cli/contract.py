@@ -25,6 +25,7 @@ from typing import Annotated, Any
 
 import typer
 
+from ..wire.binary import binary_schema
 from ..wire.codec import CONTENT_TYPE
 from ..wire.routes import ROUTES, Route, RouteTable
 
@@ -102,7 +103,18 @@ def _strip_titles(schema: Any) -> Any:
 
 
 def payload_schema(route: Route, ref_template: str = "#/$defs/{model}") -> dict[str, Any]:
-    """The JSON Schema of the route's wire payload (camelCase keys, topic-only keys removed)."""
+    """The JSON Schema of the route's wire payload (camelCase keys, topic-only keys removed);
+    a binary route's payload is a string of raw bytes of its content type."""
+    if route.binary:
+        schema = binary_schema(route.content_type)
+        schema["title"] = f"{_title(route)} payload"
+        schema["description"] = (
+            f"{route.description} Topic: `{route.template.template}`. The payload is the"
+            f" raw `{route.content_type}` bytes, not JSON (`Event.data[{route.body!r}]`);"
+            " the topic parameters are restored into Event.data."
+            + (f" Wire-compatible with rhasspy-hermes `{route.hermes}`." if route.hermes else "")
+        )
+        return schema
     schema = route.model.model_json_schema(by_alias=True, ref_template=ref_template)
     schema = dict(_strip_titles(copy.deepcopy(schema)))
     properties = schema.get("properties", {})
@@ -169,11 +181,15 @@ def asyncapi(routes: RouteTable | None = None, version: str | None = None) -> di
             "name": ident,
             "title": _title(route),
             "summary": route.description,
-            "contentType": CONTENT_TYPE,
+            "contentType": route.content_type,
             "payload": {"$ref": f"#/components/schemas/{ident}"},
             "traits": [{"$ref": "#/components/messageTraits/envelope"}],
             "x-voicebus-event-type": str(route.event_type.value),
         }
+        if route.binary:  # over the envelope trait's application/json
+            message["bindings"] = {
+                "mqtt": {"bindingVersion": MQTT_BINDING_VERSION, "contentType": route.content_type}
+            }
         if route.hermes:
             message["x-hermes-class"] = route.hermes
         if route.hermes or _is_hermes_topic(route):
@@ -276,6 +292,8 @@ def asyncapi(routes: RouteTable | None = None, version: str | None = None) -> di
 
 
 def _field_list(route: Route) -> str:
+    if route.binary:
+        return f"raw `{route.content_type}` bytes (`{route.body}`)"
     schema = payload_schema(route)
     required = set(schema.get("required", []))
     fields = [f"`{k}`" + ("*" if k in required else "") for k in schema.get("properties", {})]
@@ -309,7 +327,10 @@ def readme(routes: RouteTable | None = None) -> str:
         " key there). The envelope travels as MQTT 5 properties: user properties `id`,"
         " `type`, `source`, `time`, `metadata` (JSON), and the correlation id as"
         " Correlation Data; a message without them (e.g. from Rhasspy or"
-        " `mosquitto_pub`) gets a fresh id and its `sessionId` as correlation id.",
+        " `mosquitto_pub`) gets a fresh id and its `sessionId` as correlation id. Where"
+        " the payload has a `sessionId` field, the correlation id is also written into it"
+        " (unless set), so a peer without MQTT 5 keeps the session. Binary routes (Hermes"
+        " audio) carry raw `audio/wav` bytes as the payload, never JSON.",
         "",
         "Payload fields marked * are required; all others have defaults.",
         "",

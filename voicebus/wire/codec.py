@@ -5,6 +5,12 @@ properties (user properties ``id``, ``source``, ``type``, ``time``, ``metadata``
 as JSON; the correlation id in Correlation Data), so a peer that only sees topic
 and payload (Home Assistant, Rhasspy) misses nothing it needs.
 
+On a route with a ``sessionId`` field (`Route.session`) the correlation id is
+also written into the payload's ``sessionId`` unless the data sets one, so a peer
+without MQTT 5 (Rhasspy, Home Assistant) keeps the session; a message without
+Correlation Data takes its correlation id from ``sessionId``. A binary route
+(`Route.binary`, see `voicebus.wire.binary`) carries its bytes as the payload.
+
 Decoding treats every envelope value as untrusted:
 
 - ``time`` (seconds since the epoch) counts only when it parses as a finite
@@ -39,11 +45,12 @@ from pydantic_core import from_json, to_json
 
 from ..errors import DecodeError, PayloadValidationError
 from ..transport.base import Message
+from .binary import JSON, WAV, wav_problem
 from .events import Event
 from .models import Payload
 from .routes import Route, RouteTable
 
-CONTENT_TYPE = "application/json"
+CONTENT_TYPE = JSON
 
 BAD_TIME = "voicebus.bad_time"
 """The `Event.metadata` key noting a ``time`` property that was refused (see above)."""
@@ -144,6 +151,8 @@ def encode(
 ) -> tuple[Event, Message]:
     """Validate and encode one event; nothing is sent."""
     wire = validate_payload(route, data)
+    if route.session and correlation_id is not None and wire.get("sessionId") is None:
+        wire["sessionId"] = correlation_id
     topic = route.topic(wire)
     timestamp = time.time()
     event = Event(
@@ -156,8 +165,13 @@ def encode(
         dict(metadata) if metadata else {},
         topic,
     )
-    if route.topic_only:
-        wire = {k: v for k, v in wire.items() if k not in route.topic_only}
+    body = route.body
+    if body is not None:
+        payload: bytes = wire[body]
+    else:
+        if route.topic_only:
+            wire = {k: v for k, v in wire.items() if k not in route.topic_only}
+        payload = to_json(wire)
     props: list[tuple[str, str]] = [
         ("id", event_id),
         ("type", route.event_type._value_),
@@ -169,12 +183,12 @@ def encode(
         props.append(("metadata", to_json(metadata).decode()))
     message = Message(
         topic,
-        to_json(wire),
+        payload,
         route.qos,
         route.retain,
         correlation_bytes(correlation_id) if correlation_id is not None else None,
         tuple(props),
-        CONTENT_TYPE,
+        route.content_type,
         (),
         True,
     )
@@ -244,6 +258,8 @@ def decode(message: Message, routes: RouteTable, new_id: Callable[[], str]) -> E
         metadata,
         message.topic,
     )
+    if route.body is not None:
+        return _decode_binary(route, params, message, event)
     try:
         raw = parse_json_object(message.payload)
     except DecodeError as exc:
@@ -260,6 +276,22 @@ def decode(message: Message, routes: RouteTable, new_id: Callable[[], str]) -> E
     return event
 
 
+def _decode_binary(
+    route: Route, params: dict[str, str], message: Message, event: Event
+) -> Event:
+    """The event of a binary route: the topic parameters and the payload bytes as
+    they arrived (never JSON-decoded); a payload of the wrong kind is refused."""
+    payload = bytes(message.payload)
+    problem = wav_problem(payload) if route.content_type == WAV else None
+    if problem is not None:
+        raise InvalidMessage("not_wav", f"{route.event_type.value}: {problem}", event)
+    raw: dict[str, Any] = {**params, str(route.body): payload}
+    event.data = raw
+    if not message.validated:
+        _validate_inbound(route, raw, event)
+    return event
+
+
 def _validate_inbound(route: Route, raw: dict[str, Any], event: Event) -> dict[str, Any]:
     try:
         data = _dump(route.model.__pydantic_validator__.validate_python(raw))
@@ -268,3 +300,33 @@ def _validate_inbound(route: Route, raw: dict[str, Any], event: Event) -> dict[s
         raise InvalidMessage("validation", str(error), event) from None  # names the field
     event.data = data
     return data
+
+
+def sender_correlation(message: Message, event: Event | None, max_bytes: int) -> str | None:
+    """The correlation id the sender of a refused `message` gave it, read defensively.
+
+    The decoded envelope's, else its Correlation Data, else a ``sessionId`` string
+    at the top of the payload when that is a JSON object of at most `max_bytes`
+    (the payload may be anything: not JSON, not UTF-8, huge, hostile). None when
+    there is none, or when it could not travel as Correlation Data again (lone
+    surrogates, more than 65,535 bytes).
+    """
+    if event is not None and event.correlation_id is not None:
+        return event.correlation_id
+    if message.correlation_data is not None:
+        return correlation_text(message.correlation_data)
+    payload = message.payload
+    if len(payload) > max_bytes:
+        return None
+    try:
+        value = from_json(payload)
+    except ValueError:
+        return None
+    session = value.get("sessionId") if isinstance(value, dict) else None
+    if not isinstance(session, str) or not session:
+        return None
+    try:
+        size = len(correlation_bytes(session))
+    except UnicodeEncodeError:
+        return None
+    return session if size <= 65535 else None
