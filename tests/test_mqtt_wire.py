@@ -92,6 +92,7 @@ async def test_voicebus_publishes_plain_json_on_the_mapped_topic(mosquitto: Mosq
         "modelType": "personal",
         "currentSensitivity": 1.0,
         "confidence": 0.95,
+        "sessionId": "utt-1",  # the correlation id, for peers without MQTT 5
     }  # wakewordId lives in the topic only, as in Hermes
     assert "wake-1" in props and "wake_word_detected" in props
 
