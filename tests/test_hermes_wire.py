@@ -9,7 +9,6 @@ import asyncio
 import json
 import re
 import struct
-import subprocess
 import uuid
 from typing import Any
 
@@ -61,7 +60,9 @@ def _input(route: Route) -> dict[str, Any]:
         if found is not None and found[0] is route and not fixture["payload"].get("sessionId"):
             return _input_from_fixture(fixture)
     return {
-        info.alias or key: "x" for key, info in route.model.model_fields.items() if info.is_required()
+        info.alias or key: "x"
+        for key, info in route.model.model_fields.items()
+        if info.is_required()
     }
 
 
@@ -81,9 +82,11 @@ async def test_session_id_is_the_correlation_id_for_a_peer_without_mqtt5(
     routes = _session_routes()
     sub = Background(
         # stdbuf: mosquitto_sub's stdout is block-buffered in a pipe
-        ["stdbuf", "-oL", "mosquitto_sub", "-V", "311", "-p", str(mosquitto.port), "-d"]
-        + ["-t", "hermes/#", "-t", "rhasspy/#", "-C", str(len(routes) + 2), "-W", "20"]
-        + ["-F", "=>%t|%p"]
+        [
+            *("stdbuf", "-oL", "mosquitto_sub", "-V", "311", "-p", str(mosquitto.port), "-d"),
+            *("-t", "hermes/#", "-t", "rhasspy/#", "-C", str(len(routes) + 2), "-W", "20"),
+            *("-F", "=>%t|%p"),
+        ]
     )
     with sub:
         sub.wait_for("received SUBACK")
@@ -92,8 +95,9 @@ async def test_session_id_is_the_correlation_id_for_a_peer_without_mqtt5(
                 await bus.emit(route.event_type, _input(route), correlation_id=f"cid-{_id(route)}")
             own = await bus.emit(E.TTS_COMPLETED, {"sessionId": "own"}, correlation_id="other")
             assert own.data["sessionId"] == "own"  # the data's own sessionId wins
-        result = await asyncio.to_thread(voicebus, "publish", "tts_completed", "--correlation-id",
-                                         "s1", url=mosquitto.url())
+        result = await asyncio.to_thread(
+            voicebus, "publish", "tts_completed", "--correlation-id", "s1", url=mosquitto.url()
+        )
         assert result.returncode == 0, result.stderr
         code, out, err = sub.finish(timeout=20)
     assert code == 0, (out, err)
@@ -169,19 +173,26 @@ async def test_frames_from_paho_reach_the_handler_as_bytes_in_order(mosquitto: M
 async def test_emitted_frame_is_byte_identical_for_mosquitto_sub(mosquitto: Mosquitto) -> None:
     frame = wav(b"\n\x00\xff{not json}\r\n", size=4000)
     sub = Background(
-        ["stdbuf", "-oL", "mosquitto_sub", "-V", "311", "-p", str(mosquitto.port), "-d", "-N", "-C", "1"]
-        + ["-W", "10", "-t", "hermes/audioServer/+/playBytes/+"]
+        [
+            *("stdbuf", "-oL", "mosquitto_sub", "-V", "311", "-p", str(mosquitto.port)),
+            *("-d", "-N", "-C", "1", "-W", "10", "-t", "hermes/audioServer/+/playBytes/+"),
+        ]
     )
     with sub:
         sub.wait_for("received SUBACK")
         async with EventBus(mosquitto.url()) as bus:
-            event = await bus.emit(E.PLAY_BYTES, {"siteId": "hall", "requestId": "r1", "wav": frame})
+            event = await bus.emit(
+                E.PLAY_BYTES, {"siteId": "hall", "requestId": "r1", "wav": frame}
+            )
         code, _, err = sub.finish()
     assert code == 0, err
     assert event.topic == "hermes/audioServer/hall/playBytes/r1"
     out = bytes(sub.buffers["stdout"])
-    head = re.search(rb"received PUBLISH \([^\n]*'hermes/audioServer/hall/playBytes/r1'"
-                     rb"[^\n]*\((\d+) bytes\)\)\n", out)
+    head = re.search(
+        rb"received PUBLISH \([^\n]*'hermes/audioServer/hall/playBytes/r1'"
+        rb"[^\n]*\((\d+) bytes\)\)\n",
+        out,
+    )
     assert head is not None, out[:500]
     size = int(head.group(1))
     assert size == len(frame)
@@ -192,8 +203,11 @@ async def test_envelope_travels_in_properties_of_a_binary_message(mosquitto: Mos
     frame = wav(b"envelope")
     got: asyncio.Queue[paho.MQTTMessage] = asyncio.Queue()
     loop = asyncio.get_running_loop()
-    client = paho.Client(CallbackAPIVersion.VERSION2, f"raw-{uuid.uuid4().hex}",
-                         protocol=paho.MQTTProtocolVersion.MQTTv5)
+    client = paho.Client(
+        CallbackAPIVersion.VERSION2,
+        f"raw-{uuid.uuid4().hex}",
+        protocol=paho.MQTTProtocolVersion.MQTTv5,
+    )
     subscribed = asyncio.Event()
     client.on_message = lambda c, u, m: loop.call_soon_threadsafe(got.put_nowait, m)
     client.on_subscribe = lambda *a: loop.call_soon_threadsafe(subscribed.set)
@@ -227,8 +241,9 @@ async def test_binary_round_trip_between_buses(bus_url: str) -> None:
         receiver.subscribe(E.PLAY_BYTES, plays)
         await receiver.ready()
         for frame in frames:
-            await sender.emit(E.AUDIO_FRAME, {"siteId": "kitchen", "wav": bytearray(frame)},
-                              correlation_id="mic")
+            await sender.emit(
+                E.AUDIO_FRAME, {"siteId": "kitchen", "wav": bytearray(frame)}, correlation_id="mic"
+            )
         await sender.emit(E.PLAY_BYTES, {"siteId": "hall", "requestId": "r-1", "wav": frames[0]})
         events = await seen.wait(20)
         (play,) = await plays.wait(1)
@@ -242,7 +257,7 @@ async def test_binary_payloads_are_checked_when_emitting() -> None:
         for bad in (b"RIFF", b"RIFX\x00\x00\x00\x00WAVE", "RIFF....WAVE", None):
             with pytest.raises(PayloadValidationError, match="wav"):
                 await bus.emit(E.AUDIO_FRAME, {"wav": bad})
-        with pytest.raises(PayloadValidationError, match="sessionId.*correlation_id"):
+        with pytest.raises(PayloadValidationError, match=r"sessionId.*correlation_id"):
             await bus.emit(E.AUDIO_FRAME, {"wav": wav(), "sessionId": "s"})
         with pytest.raises(PayloadValidationError, match="volume"):
             await bus.emit(E.PLAY_BYTES, {"requestId": "r", "wav": wav(), "volume": 1})
@@ -254,6 +269,7 @@ async def test_binary_payloads_are_checked_when_emitting() -> None:
 async def test_binary_size_limit_and_handler_failure(mosquitto: Mosquitto) -> None:
     big = wav(size=3000)
     async with EventBus(mosquitto.url(), max_payload_size=2048) as bus:
+
         def boom(event: Any) -> None:
             raise RuntimeError("speaker on fire")
 
@@ -263,8 +279,9 @@ async def test_binary_size_limit_and_handler_failure(mosquitto: Mosquitto) -> No
         try:
             client.publish("hermes/audioServer/k/audioFrame", big, qos=1)
             client.publish("hermes/audioServer/k/audioFrame", wav(b"ok", size=100), qos=1)
-            records = await eventually(lambda: len(bus.get_dead_letter_queue()) >= 2 and
-                                       bus.get_dead_letter_queue())
+            records = await eventually(
+                lambda: len(bus.get_dead_letter_queue()) >= 2 and bus.get_dead_letter_queue()
+            )
         finally:
             client.disconnect()
             client.loop_stop()

@@ -139,7 +139,11 @@ async def test_raw_aiomqtt_v5_peer_sees_envelope_properties(mosquitto: Mosquitto
         message = await asyncio.wait_for(anext(aiter(raw.messages)), 5)
     props = message.properties
     assert props is not None
-    assert json.loads(message.payload) == {"siteId": "default", "model": "llama"}  # type: ignore[arg-type]
+    assert json.loads(message.payload) == {  # type: ignore[arg-type]
+        "siteId": "default",
+        "model": "llama",
+        "sessionId": "c-1",  # the correlation id, also in the payload
+    }
     assert props.CorrelationData == b"c-1"
     user = dict(props.UserProperty)
     assert user["id"] == sent.id and user["type"] == "model_loaded" and user["source"] == "models"
