@@ -296,8 +296,8 @@ class FailureReporter:
         """A handler, filter or middleware raised on `event`."""
         record = handler_failure(event, handler, exc)
         size = len(event.topic or "") + len(event.id) + len(event.source or "")
-        try:
-            size += len(to_json(event.data))  # what the record keeps alive
+        try:  # what the record keeps alive (a binary event: its bytes)
+            size += len(record["payload"] or to_json(event.data))
         except ValueError:  # an in-process payload JSON cannot hold: sized by its keys
             size += 64 * len(event.data)
         if self._logs.allow():
