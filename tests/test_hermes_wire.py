@@ -24,8 +24,7 @@ from tests.test_cli import Background, voicebus
 from tests.test_hermes_compat import FIXTURES, _input_from_fixture
 from voicebus import EventBus, EventType, PayloadTooLargeError, PayloadValidationError
 from voicebus.deadletters import record_document
-from voicebus.transport.base import Message
-from voicebus.wire.codec import sender_correlation
+from voicebus.wire.correlation import sender_correlation
 from voicebus.wire.routes import ROUTES, Route
 
 E = EventType
@@ -357,17 +356,19 @@ async def test_rejected_message_keeps_its_correlation(
         b'{"sessionId": 42}',
         b'{"sessionId": ""}',
         b'{"sessionId": "\\ud800"}',  # a lone surrogate cannot be Correlation Data
+        b'{"sessionId": "s\\u0001"}',  # a control character: no valid MQTT string
         b'{"sessionId": "' + b"x" * 70000 + b'"}',
         b'{"a": ' * 10000 + b"1" + b"}" * 10000,  # deep nesting
         b'{"sessionId": "s", "sessionId": "s2"' + b" " * 10 + b"}",
     ],
 )
 def test_sender_correlation_reads_hostile_payloads_defensively(payload: bytes) -> None:
-    found = sender_correlation(Message("hermes/asr/textCaptured", payload), None, 256 * 1024)
+    found = sender_correlation(payload, None, None, 256 * 1024)
     assert found in (None, "s2")  # duplicate keys: the last one, as JSON parsers do
 
 
 def test_sender_correlation_respects_the_size_limit() -> None:
-    message = Message("hermes/asr/textCaptured", b'{"sessionId": "s-1"}')
-    assert sender_correlation(message, None, 1024) == "s-1"
-    assert sender_correlation(message, None, 10) is None  # a payload over the limit is not read
+    payload = b'{"sessionId": "s-1"}'
+    assert sender_correlation(payload, None, None, 1024) == "s-1"
+    assert sender_correlation(payload, None, None, 10) is None  # over the limit: not read
+    assert sender_correlation(payload, b"c-1", None, 10) == "c-1"  # Correlation Data first

@@ -41,7 +41,7 @@ from pydantic_core import to_json
 from .errors import DeadLetterNotFoundError
 from .transport import Message
 from .wire.binary import body_of
-from .wire.codec import sender_correlation
+from .wire.correlation import sender_correlation
 from .wire.events import Event, EventType
 from .wire.routes import SYSTEM_PREFIXES
 
@@ -323,7 +323,9 @@ class FailureReporter:
             log.warning("dead letter from %s: %s", _shown(message.topic), error[:_SHOWN])
         else:
             log.debug("dead letter from %s: %s", _shown(message.topic), error[:_SHOWN])
-        correlation_id = sender_correlation(message, event, self._max_payload)
+        correlation_id = sender_correlation(
+            message.payload, message.correlation_data, event, self._max_payload
+        )
         if event is not None:
             event.correlation_id = correlation_id
         record = inbound_failure(message, reason, error, event, correlation_id)

@@ -19,84 +19,38 @@ Decoding treats every envelope value as untrusted:
   ``event.metadata["voicebus.bad_time"]`` (`BAD_TIME`) holds what came, cut to
   64 characters and escaped to printable ASCII. An absent ``time`` is no problem
   and leaves no note.
-- Correlation Data is binary on the wire; `correlation_text` turns it into the
-  ``correlation_id`` string without losing anything: a value that is UTF-8 and a
-  plain printable string stays as it is, any other (not UTF-8, control or
-  non-characters, or text that itself looks like the escaped form) becomes
-  ``"b64:"`` + its base64. `correlation_bytes` is the exact inverse, used by
-  `encode`: a reply made with ``correlation_id=event.correlation_id`` carries the
-  original bytes back, and two different values never share one id. (So a
-  correlation id of your own of the form ``b64:<base64>`` stands for those bytes.)
+- Correlation Data is binary on the wire: `voicebus.wire.correlation` turns it
+  into the ``correlation_id`` string and back, losslessly.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import math
-import re
 import time
 from collections.abc import Callable, Mapping
 from enum import Enum
 from typing import Any
 
 import pydantic
-from pydantic_core import from_json, to_json
+from pydantic_core import PydanticSerializationError, from_json, to_json
 
 from ..errors import DecodeError, PayloadValidationError
 from ..transport.base import Message
 from .binary import JSON, WAV, wav_problem
+from .correlation import correlation_bytes, correlation_text
 from .events import Event
 from .models import Payload
 from .routes import Route, RouteTable
+from .strings import MAX_STRING_BYTES, mqtt_string_problem, nested_string_problem, shown
+from .topics import check_topic
 
 CONTENT_TYPE = JSON
+_SHORT_ENOUGH = MAX_STRING_BYTES // 4  # code points that fit an MQTT string however they encode
 
 BAD_TIME = "voicebus.bad_time"
 """The `Event.metadata` key noting a ``time`` property that was refused (see above)."""
 MAX_TIME = 253402300799.0
 """The latest ``time`` accepted: 9999-12-31T23:59:59Z (what `datetime` can show)."""
-_B64 = "b64:"
-_NOT_PLAIN = re.compile(
-    "[\x00-\x1f\x7f-\x9f\ufdd0-\ufdef"
-    + "".join(
-        f"{chr(plane | 0xFFFE)}{chr(plane | 0xFFFF)}" for plane in range(0, 0x110000, 0x10000)
-    )
-    + "]"
-)
-"""Code points that are no plain MQTT string: controls and non-characters."""
-
-
-def correlation_text(data: bytes) -> str:
-    """The `Event.correlation_id` for Correlation Data `data` (lossless; see above)."""
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        return _B64 + base64.b64encode(data).decode("ascii")
-    if _NOT_PLAIN.search(text) is None and _escaped(text) is None:
-        return text
-    return _B64 + base64.b64encode(data).decode("ascii")
-
-
-def correlation_bytes(correlation_id: str) -> bytes:
-    """The Correlation Data for `correlation_id`: the inverse of `correlation_text`."""
-    raw = _escaped(correlation_id)
-    return correlation_id.encode() if raw is None else raw
-
-
-def _escaped(text: str) -> bytes | None:
-    """The bytes `text` stands for when it is ``b64:`` + canonical base64 (of at least
-    one byte), else None."""
-    if not text.startswith(_B64) or len(text) == len(_B64):
-        return None
-    body = text[len(_B64) :]
-    try:
-        raw = base64.b64decode(body, validate=True)
-    except (binascii.Error, ValueError):
-        return None
-    return raw if base64.b64encode(raw).decode("ascii") == body else None
-
-
 def _envelope_time(raw: str | None) -> float | None:
     """The ``time`` property as a timestamp; None when absent or not sane."""
     if raw is None:
@@ -149,7 +103,12 @@ def encode(
     correlation_id: str | None,
     metadata: Mapping[str, Any] | None,
 ) -> tuple[Event, Message]:
-    """Validate and encode one event; nothing is sent."""
+    """Validate and encode one event; nothing is sent.
+
+    Every string that goes on the wire is checked to be a valid MQTT string (see
+    `strings`): the topic's parameters and length (`TopicError`), the user
+    properties and the correlation id (`PayloadValidationError` naming the field).
+    """
     wire = validate_payload(route, data)
     if route.session and correlation_id is not None and wire.get("sessionId") is None:
         wire["sessionId"] = correlation_id
@@ -165,22 +124,35 @@ def encode(
         dict(metadata) if metadata else {},
         topic,
     )
+    type_value = route.event_type._value_
+    if type(type_value) is not str:  # a user's Enum of numbers
+        type_value = str(type_value)
+    time_text = repr(timestamp)
+    props: list[tuple[str, str]] = [("id", event_id), ("type", type_value), ("time", time_text)]
+    envelope = event_id + type_value + time_text
+    if source:
+        props.append(("source", source))
+        envelope += source
+    if metadata:
+        metadata_text = _metadata_json(route, metadata)
+        props.append(("metadata", metadata_text))
+        envelope += metadata_text
+    if correlation_id is not None:
+        envelope += correlation_id
+    # One scan for the common case: printable (see `strings.mqtt_string_problem`) and
+    # short enough that no value can be over the limit. Else each value is checked.
+    if not envelope.isprintable() or len(envelope) > _SHORT_ENOUGH:
+        _check_envelope(route, props, correlation_id, metadata)
     body = route.body
-    if body is not None:
+    if body is not None:  # a binary route: the bytes are the payload
         payload: bytes = wire[body]
     else:
         if route.topic_only:
             wire = {k: v for k, v in wire.items() if k not in route.topic_only}
-        payload = to_json(wire)
-    props: list[tuple[str, str]] = [
-        ("id", event_id),
-        ("type", route.event_type._value_),
-        ("time", repr(timestamp)),
-    ]
-    if source:
-        props.append(("source", source))
-    if metadata:
-        props.append(("metadata", to_json(metadata).decode()))
+        try:
+            payload = to_json(wire)
+        except PydanticSerializationError as exc:
+            raise _unencodable(route, wire, exc) from None
     message = Message(
         topic,
         payload,
@@ -193,6 +165,87 @@ def encode(
         True,
     )
     return event, message
+
+
+def _check_envelope(
+    route: Route,
+    props: list[tuple[str, str]],
+    correlation_id: str | None,
+    metadata: Mapping[str, Any] | None,
+) -> None:
+    """Raise `PayloadValidationError` naming the first envelope value (user property
+    or correlation id) that is not a valid MQTT string."""
+    values = [*props, ("correlation_id", correlation_id)] if correlation_id is not None else props
+    for field, value in values:
+        problem = mqtt_string_problem(value)
+        if problem is None:
+            continue
+        if field == "metadata" and metadata:  # name the key or value if one is to blame
+            _check_metadata_strings(route, metadata)
+        raise PayloadValidationError(
+            str(route.event_type.value), [field], f"{shown(value)} {problem}"
+        )
+
+
+def check_message(message: Message) -> None:
+    """Check the wire strings of a message built by hand (`EventBus.publish_message`):
+    the topic (`TopicError`) and every user-property key and value
+    (`PayloadValidationError`)."""
+    check_topic(message.topic)
+    for index, (key, value) in enumerate(message.user_properties):
+        for part, text in (("key", key), ("value", value)):
+            problem = mqtt_string_problem(text)
+            if problem is not None:
+                raise PayloadValidationError(
+                    "message",
+                    [f"user_properties[{index}].{part}"],
+                    f"{shown(text)} (on topic {shown(message.topic)}) {problem}",
+                )
+
+
+def _metadata_json(route: Route, metadata: Mapping[str, Any]) -> str:
+    """`metadata` as the JSON text of one user property.
+
+    Its strings (keys and values, at any depth) must be MQTT strings themselves,
+    also those JSON would escape (a control character): peers decode them and may
+    send them on (a topic level, a property). Printable JSON text without a
+    backslash holds no such string, and a short one none too long (the common case:
+    no walk through `metadata`).
+    """
+    try:
+        text = to_json(metadata).decode()
+    except PydanticSerializationError as exc:  # e.g. a lone surrogate: named below
+        _check_metadata_strings(route, metadata)
+        raise PayloadValidationError(
+            str(route.event_type.value), ["metadata"], f"not JSON: {exc}"
+        ) from None
+    if "\\" in text or len(text) > _SHORT_ENOUGH:  # what is not printable: by `encode`
+        _check_metadata_strings(route, metadata)
+    return text  # checked with the other user properties
+
+
+def _check_metadata_strings(route: Route, metadata: Mapping[str, Any]) -> None:
+    found = nested_string_problem(metadata, "metadata")
+    if found is not None:
+        where, problem = found
+        raise PayloadValidationError(str(route.event_type.value), [where], problem)
+
+
+def _unencodable(
+    route: Route, wire: dict[str, Any], exc: PydanticSerializationError
+) -> PayloadValidationError:
+    """The payload has a string without a UTF-8 form (a lone surrogate): name its field.
+    (Any other string may go in the payload: it is binary, and JSON escapes what it must.)"""
+    field = "payload"
+    for key, value in wire.items():
+        try:
+            to_json(value)
+        except PydanticSerializationError:
+            field = key
+            break
+    return PayloadValidationError(
+        str(route.event_type.value), [field], f"cannot be encoded as JSON: {exc}"
+    )
 
 
 def parse_json_object(payload: bytes) -> dict[str, Any]:
@@ -301,32 +354,3 @@ def _validate_inbound(route: Route, raw: dict[str, Any], event: Event) -> dict[s
     event.data = data
     return data
 
-
-def sender_correlation(message: Message, event: Event | None, max_bytes: int) -> str | None:
-    """The correlation id the sender of a refused `message` gave it, read defensively.
-
-    The decoded envelope's, else its Correlation Data, else a ``sessionId`` string
-    at the top of the payload when that is a JSON object of at most `max_bytes`
-    (the payload may be anything: not JSON, not UTF-8, huge, hostile). None when
-    there is none, or when it could not travel as Correlation Data again (lone
-    surrogates, more than 65,535 bytes).
-    """
-    if event is not None and event.correlation_id is not None:
-        return event.correlation_id
-    if message.correlation_data is not None:
-        return correlation_text(message.correlation_data)
-    payload = message.payload
-    if len(payload) > max_bytes:
-        return None
-    try:
-        value = from_json(payload)
-    except ValueError:
-        return None
-    session = value.get("sessionId") if isinstance(value, dict) else None
-    if not isinstance(session, str) or not session:
-        return None
-    try:
-        size = len(correlation_bytes(session))
-    except UnicodeEncodeError:
-        return None
-    return session if size <= 65535 else None
