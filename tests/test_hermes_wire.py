@@ -10,6 +10,7 @@ import json
 import re
 import struct
 import uuid
+from enum import Enum
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -25,7 +26,8 @@ from tests.test_hermes_compat import FIXTURES, _input_from_fixture
 from voicebus import EventBus, EventType, PayloadTooLargeError, PayloadValidationError
 from voicebus.deadletters import record_document
 from voicebus.wire.correlation import sender_correlation
-from voicebus.wire.routes import ROUTES, Route
+from voicebus.wire.models import Payload
+from voicebus.wire.routes import ROUTES, Route, register_route
 
 E = EventType
 
@@ -249,6 +251,33 @@ async def test_binary_round_trip_between_buses(bus_url: str) -> None:
     assert [e.data["wav"] for e in events] == frames
     assert {e.correlation_id for e in events} == {"mic"}
     assert play.data == {"siteId": "hall", "requestId": "r-1", "wav": frames[0]}
+
+
+class Snapshot(Payload):
+    """A camera still (a user's binary route)."""
+
+    camera: str = "door"
+    jpeg: bytes
+
+
+class Camera(str, Enum):
+    SNAPSHOT = "camera_snapshot"
+
+
+async def test_a_user_binary_route() -> None:
+    if Camera.SNAPSHOT not in ROUTES:
+        register_route(Camera.SNAPSHOT, "myapp/{camera}/snapshot", Snapshot, body="jpeg")
+    route = ROUTES.get(Camera.SNAPSHOT)
+    assert route.binary and route.content_type == "application/octet-stream"
+    assert route.topic_only == {"camera"} and not route.session
+    image = b"\xff\xd8\xff\xe0 not a wav \x00\n"
+    async with EventBus(f"memory://wire-{uuid.uuid4().hex[:8]}") as bus:
+        seen = Collector()
+        bus.subscribe(Camera.SNAPSHOT, seen)
+        event = await bus.emit(Camera.SNAPSHOT, {"camera": "gate", "jpeg": image})
+        (got,) = await seen.wait(1)
+    assert event.topic == got.topic == "myapp/gate/snapshot"
+    assert got.data == {"camera": "gate", "jpeg": image}
 
 
 async def test_binary_payloads_are_checked_when_emitting() -> None:

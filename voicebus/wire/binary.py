@@ -16,6 +16,8 @@ from pydantic import BeforeValidator
 
 JSON = "application/json"
 """The content type of every JSON route."""
+OCTETS = "application/octet-stream"
+"""The default content type of a user's binary route (`register_route(..., body=)`)."""
 WAV = "audio/wav"
 """The content type of the Hermes audio routes (AUDIO_FRAME, PLAY_BYTES)."""
 WAV_KEY = "wav"

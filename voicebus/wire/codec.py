@@ -353,4 +353,3 @@ def _validate_inbound(route: Route, raw: dict[str, Any], event: Event) -> dict[s
         raise InvalidMessage("validation", str(error), event) from None  # names the field
     event.data = data
     return data
-

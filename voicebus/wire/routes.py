@@ -13,7 +13,7 @@ from typing import Any
 
 from ..errors import TopicError, UnknownEventTypeError
 from . import models as m
-from .binary import JSON, WAV, WAV_KEY
+from .binary import JSON, OCTETS, WAV, WAV_KEY
 from .cache import TopicCache
 from .events import EventType
 from .topics import TopicTemplate
@@ -268,16 +268,26 @@ def register_route(
     qos: int = 1,
     retain: bool = False,
     replace: bool = False,
+    body: str | None = None,
+    content_type: str = OCTETS,
 ) -> Route:
-    """Register a user event type: ``register_route(MyEvents.BEEP, "myapp/beep", Beep)``."""
+    """Register a user event type: ``register_route(MyEvents.BEEP, "myapp/beep", Beep)``.
+
+    With `body` the route is binary: that key of the data (a ``bytes`` field of
+    `model`) is the whole payload, of `content_type` (``audio/wav`` payloads must be
+    RIFF/WAVE files); every topic parameter then travels in the topic only.
+    """
+    template = TopicTemplate(topic)
     route = Route(
         event_type,
-        TopicTemplate(topic),
+        template,
         model,
-        frozenset(topic_only),
+        frozenset(template.parameters if body is not None else topic_only),
         qos=qos,
         retain=retain,
         description=((model.__doc__ or "").strip().splitlines() or [""])[0],
+        body=body,
+        content_type=JSON if body is None else content_type,
     )
     return ROUTES.register(route, replace=replace)
 
