@@ -25,9 +25,11 @@ from tests.test_cli import Background, voicebus
 from tests.test_hermes_compat import FIXTURES, _input_from_fixture
 from voicebus import EventBus, EventType, PayloadTooLargeError, PayloadValidationError
 from voicebus.deadletters import record_document
+from voicebus.wire.codec import encode
 from voicebus.wire.correlation import sender_correlation
-from voicebus.wire.models import Payload
+from voicebus.wire.models import Payload, TtsFinished
 from voicebus.wire.routes import ROUTES, Route, register_route
+from voicebus.wire.topics import TopicTemplate
 
 E = EventType
 
@@ -52,18 +54,21 @@ def _session_routes() -> list[Route]:
 
 
 def _input(route: Route) -> dict[str, Any]:
-    """What a user emits for `route`: a rhasspy-hermes fixture of its topic without a
-    sessionId (minimal ones first), else its required fields set to ``"x"``."""
+    """What a user emits for `route`, without a sessionId (the correlation id gives it,
+    also where Hermes requires one): a rhasspy-hermes fixture of its topic (minimal
+    ones first), else its required fields set to ``"x"``."""
     names = sorted(FIXTURES, key=lambda name: (not name.endswith("_minimal"), name))
     for name in names:
         fixture = FIXTURES[name]
         found = ROUTES.match(fixture["topic"])
-        if found is not None and found[0] is route and not fixture["payload"].get("sessionId"):
-            return _input_from_fixture(fixture)
+        if found is not None and found[0] is route:
+            data = _input_from_fixture(fixture)
+            data.pop("sessionId", None)
+            return data
     return {
         info.alias or key: "x"
         for key, info in route.model.model_fields.items()
-        if info.is_required()
+        if info.is_required() and key != "session_id"
     }
 
 
@@ -126,9 +131,36 @@ async def test_session_id_from_the_correlation_id_in_process() -> None:
         plain = await bus.emit(E.TTS_COMPLETED, {"id": "say-2"})
         assert sent.data == {"siteId": "default", "id": "say-1", "sessionId": "s-7"}
         assert "sessionId" not in plain.data  # no correlation id: nothing invented
-        first, second = await seen.wait(2)
+        model = TtsFinished(id="say-3")  # a model instance, not a dict: the same
+        assert (await bus.emit(E.TTS_COMPLETED, model, correlation_id="s-8")).data[
+            "sessionId"
+        ] == "s-8"
+        first, second, _ = await seen.wait(3)
         assert (first.correlation_id, first.data["sessionId"]) == ("s-7", "s-7")
         assert second.correlation_id is None and "sessionId" not in second.data
+
+
+class Turn(Payload):
+    """A dialogue turn whose payload requires a session (as Hermes's endSession does)."""
+
+    session_id: str
+    text: str = ""
+
+
+class Dialogue(str, Enum):
+    TURN = "test_turn"
+
+
+def test_a_required_session_id_comes_from_the_correlation_id() -> None:
+    route = Route(Dialogue.TURN, TopicTemplate("myapp/turn"), Turn)
+    assert route.session
+    event, message = encode(
+        route, {"text": "ok"}, event_id="e", source=None, correlation_id="s-9", metadata=None
+    )
+    assert event.data["sessionId"] == "s-9"
+    assert json.loads(message.payload) == {"siteId": "default", "sessionId": "s-9", "text": "ok"}
+    with pytest.raises(PayloadValidationError, match="sessionId"):  # no session at all
+        encode(route, {"text": "ok"}, event_id="e", source=None, correlation_id=None, metadata=None)
 
 
 # --- binary audio ---------------------------------------------------------------------------

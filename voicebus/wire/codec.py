@@ -109,8 +109,11 @@ def encode(
     `strings`): the topic's parameters and length (`TopicError`), the user
     properties and the correlation id (`PayloadValidationError` naming the field).
     """
+    session = route.session and correlation_id is not None
+    if session and isinstance(data, Mapping) and _no_session(data):
+        data = {**data, "sessionId": correlation_id}  # before validation: it may be required
     wire = validate_payload(route, data)
-    if route.session and correlation_id is not None and wire.get("sessionId") is None:
+    if session and wire.get("sessionId") is None:  # a model instance without one
         wire["sessionId"] = correlation_id
     topic = route.topic(wire)
     timestamp = time.time()
@@ -165,6 +168,11 @@ def encode(
         True,
     )
     return event, message
+
+
+def _no_session(data: Mapping[str, Any]) -> bool:
+    """`data` sets no session (by wire key or attribute name)."""
+    return data.get("sessionId") is None and data.get("session_id") is None
 
 
 def _check_envelope(
