@@ -37,7 +37,8 @@ from pydantic_core import PydanticSerializationError, from_json, to_json
 from ..errors import DecodeError, PayloadValidationError
 from ..transport.base import Message
 from .binary import JSON, WAV, wav_problem
-from .correlation import correlation_bytes, correlation_text
+from .correlation import correlation_bytes as correlation_bytes  # re-exported: the
+from .correlation import correlation_text as correlation_text  # codec's public pair
 from .events import Event
 from .models import Payload
 from .routes import Route, RouteTable
