@@ -201,10 +201,12 @@ def test_the_readme_shows_the_examples_verbatim() -> None:
         assert (EXAMPLES / name).read_text() == code, f"README and examples/{name} differ"
 
 
-def test_the_readme_table_lists_every_hermes_json_type() -> None:
+def test_the_readme_table_lists_every_hermes_type() -> None:
     rows = [line for line in readme_section().splitlines() if line.startswith("| `")]
-    for event_type in {*EVENT_FOR_CLASS.values(), EventType.SPEECH_ENDED}:
-        route = ROUTES.get(event_type)
+    hermes = [r for r in ROUTES if r.template.template.startswith(("hermes/", "rhasspy/"))]
+    assert {*EVENT_FOR_CLASS.values(), EventType.SPEECH_ENDED} <= {r.event_type for r in hermes}
+    for route in hermes:
+        event_type = route.event_type
         row = next((r for r in rows if f"`{event_type.name}`" in r), None)
         assert row is not None, f"{event_type.name} missing from the README's Hermes table"
         last = route.template.template.rsplit("/", 1)[-1]

@@ -31,9 +31,10 @@ class Doorbell(Payload):
 
 
 def test_every_event_type_has_one_route() -> None:
-    assert len(EventType) == 28 + 13  # the seed's, the Hermes commands and dialogue messages
+    # the seed's, the Hermes commands and dialogue messages, the binary Hermes audio types
+    assert len(EventType) == 28 + 13 + 2
     topics = [ROUTES.get(t).template.template for t in EventType]
-    assert len(set(topics)) == 28 + 13
+    assert len(set(topics)) == 28 + 13 + 2
     assert EventType.SPEECH_DETECTED.value == "speech_detected"
     assert topic_for(EventType.SPEECH_DETECTED, {"text": "x"}) == "hermes/asr/textCaptured"
     assert topic_for(EventType.AUDIO_PLAYBACK_ENDED, {"siteId": "kitchen"}) == (

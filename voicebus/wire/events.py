@@ -64,6 +64,9 @@ class EventType(str, Enum):
     NLU_QUERY = "nlu_query"
     INTENT_RECOGNIZED = "intent_recognized"
     INTENT_NOT_RECOGNIZED = "intent_not_recognized"
+    # Hermes audio: binary payloads (raw WAV bytes in ``data["wav"]``, never JSON)
+    AUDIO_FRAME = "audio_frame"
+    PLAY_BYTES = "play_bytes"
 
     def __str__(self) -> str:
         return self.value

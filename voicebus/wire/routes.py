@@ -7,13 +7,14 @@ published contract in ``topics/`` are all derived from it.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
 from ..errors import TopicError, UnknownEventTypeError
 from . import hermes_models as h
 from . import models as m
+from .binary import JSON, OCTETS, WAV, WAV_KEY
 from .cache import TopicCache
 from .events import EventType
 from .topics import TopicTemplate
@@ -32,6 +33,13 @@ class Route:
     `topic_only` names wire keys that live only in the topic (Hermes has no such
     key in the payload); they are removed from the payload when publishing and
     restored into `Event.data` from the topic when receiving.
+
+    `body` makes the route binary: that `Event.data` key holds the raw payload
+    bytes (of `content_type`), every other key is a topic parameter (see
+    `voicebus.wire.binary`). `session` (derived: a JSON route whose model has a
+    ``sessionId`` field) means `encode` writes the correlation id into the
+    payload's ``sessionId`` unless the data sets one, so a peer that sees only
+    topic and payload (Rhasspy, Home Assistant, MQTT 3.1.1) keeps the session.
     """
 
     event_type: Enum
@@ -42,6 +50,21 @@ class Route:
     retain: bool = False
     hermes: str | None = None
     description: str = ""
+    body: str | None = None
+    content_type: str = JSON
+    session: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        fields = self.model.model_fields
+        has_session = "session_id" in fields or "sessionId" in fields or any(
+            info.alias == "sessionId" for info in fields.values()
+        )
+        object.__setattr__(self, "session", self.body is None and has_session)
+
+    @property
+    def binary(self) -> bool:
+        """The payload is raw bytes (`body`), never JSON."""
+        return self.body is not None
 
     @property
     def filter(self) -> str:
@@ -60,15 +83,19 @@ def _route(
     *,
     topic_only: tuple[str, ...] = (),
     hermes: str | None = None,
+    body: str | None = None,
 ) -> Route:
     doc = (model.__doc__ or "").strip().splitlines()[0]
+    topic = TopicTemplate(template)
     return Route(
         event_type,
-        TopicTemplate(template),
+        topic,
         model,
-        frozenset(topic_only),
+        frozenset(topic.parameters if body is not None else topic_only),
         hermes=hermes,
         description=doc,
+        body=body,
+        content_type=JSON if body is None else WAV,
     )
 
 
@@ -131,6 +158,21 @@ def _default_routes() -> list[Route]:
         ),
         _route(e.HEALTH_CHECK, "voicebus/system/health", m.SystemPayload),
         *_hermes_routes(),
+        # Hermes audio: binary payloads (raw WAV bytes in data["wav"], never JSON)
+        _route(
+            e.AUDIO_FRAME,
+            "hermes/audioServer/{siteId}/audioFrame",
+            m.AudioFrame,
+            hermes="AudioFrame",
+            body=WAV_KEY,
+        ),
+        _route(
+            e.PLAY_BYTES,
+            "hermes/audioServer/{siteId}/playBytes/{requestId}",
+            m.PlayBytes,
+            hermes="AudioPlayBytes",
+            body=WAV_KEY,
+        ),
     ]
 
 
@@ -301,16 +343,26 @@ def register_route(
     qos: int = 1,
     retain: bool = False,
     replace: bool = False,
+    body: str | None = None,
+    content_type: str = OCTETS,
 ) -> Route:
-    """Register a user event type: ``register_route(MyEvents.BEEP, "myapp/beep", Beep)``."""
+    """Register a user event type: ``register_route(MyEvents.BEEP, "myapp/beep", Beep)``.
+
+    With `body` the route is binary: that key of the data (a ``bytes`` field of
+    `model`) is the whole payload, of `content_type` (``audio/wav`` payloads must be
+    RIFF/WAVE files); every topic parameter then travels in the topic only.
+    """
+    template = TopicTemplate(topic)
     route = Route(
         event_type,
-        TopicTemplate(topic),
+        template,
         model,
-        frozenset(topic_only),
+        frozenset(template.parameters if body is not None else topic_only),
         qos=qos,
         retain=retain,
         description=((model.__doc__ or "").strip().splitlines() or [""])[0],
+        body=body,
+        content_type=JSON if body is None else content_type,
     )
     return ROUTES.register(route, replace=replace)
 
