@@ -31,7 +31,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ...wire.status import OFFLINE
 from ..base import Message
-from ..url import BusURL
+from ..url import Address
 from .options import MqttOptions
 from .paho_internals import (
     close_socket,
@@ -61,9 +61,11 @@ class LinkLost(Exception):
     """The connection an operation was running on dropped."""
 
 
-def new_client(url: BusURL, options: MqttOptions, tls: ssl.SSLContext | None) -> aiomqtt.Client:
-    """A fresh, unconnected aiomqtt client (a reused paho client re-sends its own
-    in-flight messages on reconnect, which duplicates them)."""
+def new_client(
+    address: Address, options: MqttOptions, tls: ssl.SSLContext | None
+) -> aiomqtt.Client:
+    """A fresh, unconnected aiomqtt client for the broker at `address` (a reused paho
+    client re-sends its own in-flight messages on reconnect, which duplicates them)."""
     o = options
     props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     # Flow control: the broker sends no more QoS 1 messages while this many are
@@ -80,8 +82,8 @@ def new_client(url: BusURL, options: MqttOptions, tls: ssl.SSLContext | None) ->
             will = aiomqtt.Will(topic, OFFLINE, 1, True)
     persistent = bool(o.session_expiry)
     return aiomqtt.Client(
-        url.host,
-        url.port,
+        address[0],
+        address[1],
         identifier=o.client_id or None,
         username=o.username,
         password=o.password,

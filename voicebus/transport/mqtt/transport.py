@@ -48,6 +48,7 @@ from ...wire.status import OFFLINE, ONLINE
 from ..base import Message, MessageCallback
 from ..url import BusURL
 from .errors import BROKER_HINT, connect_error
+from .failover import Brokers
 from .link import (
     LinkLost,
     enter,
@@ -73,6 +74,7 @@ class MqttTransport:
     def __init__(self, url: BusURL, options: MqttOptions) -> None:
         self.url = url.redacted()
         self._url = url
+        self._brokers = Brokers(url.brokers)
         self.options = options
         self._link: aiomqtt.Client | None = None  # the current link (its aiomqtt client)
         self._paho: paho_mqtt.Client | None = None
@@ -104,6 +106,11 @@ class MqttTransport:
     @property
     def connected(self) -> bool:
         return self._link is not None
+
+    @property
+    def broker(self) -> str:
+        """The ``host:port`` in use (or last tried) of the URL's broker addresses."""
+        return str(self._brokers)
 
     @property
     def online(self) -> bool:
@@ -141,7 +148,7 @@ class MqttTransport:
         )
         self._closing = False
         self._failed = None
-        client = await self._open()
+        client = await self._open_first()
         try:
             if not await self._resume(client):
                 raise BrokerUnavailableError(
@@ -158,11 +165,21 @@ class MqttTransport:
             self._supervise(), name=f"voicebus-mqtt-{self.options.client_id}"
         )
 
+    async def _open_first(self) -> aiomqtt.Client:
+        """Connect to the first broker address that answers (`failover.py`)."""
+        for _ in range(len(self._brokers) - 1):
+            try:
+                return await self._open()
+            except BrokerUnavailableError as exc:
+                log.warning("%s did not answer (%s); trying the next address", self.broker, exc)
+                self._brokers.advance()
+        return await self._open()
+
     async def _open(self) -> aiomqtt.Client:
         """A fresh, connected aiomqtt client with our hot paths installed."""
         receiver = self._receiver
         assert receiver is not None  # made by `connect`
-        client = new_client(self._url, self.options, self._tls_context())
+        client = new_client(self._brokers.current, self.options, self._tls_context())
         said: list[int] = []  # the reason of a DISCONNECT the broker sent, if it did
         acks = install(client, self._inflight, receiver, self._connack, said.append)
         try:
@@ -231,6 +248,8 @@ class MqttTransport:
         while not self._closing:
             await asyncio.sleep(self.options.backoff(attempt))
             attempt += 1
+            if len(self._brokers) > 1:  # failover: each attempt goes to the next address
+                self._brokers.advance()
             try:
                 client = await self._open()
             except (AuthenticationError, TLSError) as exc:
@@ -245,8 +264,9 @@ class MqttTransport:
             if await self._resume(client):
                 self.reconnects += 1
                 log.info(
-                    "reconnected to %s (session %s)",
+                    "reconnected to %s at %s (session %s)",
                     self.url,
+                    self.broker,
                     "resumed" if self.session_present else "new",
                 )
                 return
