@@ -14,7 +14,7 @@ from typing import Any
 
 import aiomqtt
 
-from ...errors import TransportError
+from ...errors import ConfigError, TransportError
 from ...wire.topics import check_filter
 from .errors import subscribe_error
 from .link import LinkLost, subscribe_on, until_lost
@@ -44,6 +44,11 @@ class Subscriber:
     ) -> None:
         """Subscribe on `client`, or on the next link when there is none now."""
         check_filter(topic_filter)
+        if topic_filter.startswith("$share/") and not self.options.v5:
+            raise ConfigError(
+                f"group subscriptions need MQTT 5 (subscription identifiers tell a "
+                f"group's copy apart); {self.url} speaks 3.1.1: subscribe without group="
+            )
         self.filters.add(topic_filter, subscription_id)
         if client is None:
             return
@@ -93,7 +98,9 @@ class Subscriber:
         resubscribe: bool = False,
     ) -> None:
         try:
-            codes = await subscribe_on(client, topic_filter, subscription_id, qos, resubscribe)
+            codes = await subscribe_on(
+                client, topic_filter, subscription_id, qos, resubscribe, self.options.v5
+            )
         except aiomqtt.MqttError as exc:
             raise TransportError(f"cannot subscribe {topic_filter!r}: {exc}") from None
         for code in codes:

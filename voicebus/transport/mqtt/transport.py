@@ -145,6 +145,7 @@ class MqttTransport:
             self._subscriber.filters.is_copy,
             defer_acks=defer_acks,
             max_unacked=self.options.max_unacked,
+            v5=self.options.v5,
         )
         self._closing = False
         self._failed = None
