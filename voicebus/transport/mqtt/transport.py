@@ -47,7 +47,7 @@ from ...errors import (
 from ...wire.status import OFFLINE, ONLINE
 from ..base import Message, MessageCallback
 from ..url import BusURL
-from .errors import BROKER_HINT, connect_error
+from .errors import BROKER_HINT, connect_error, refusal
 from .failover import Brokers
 from .link import (
     LinkLost,
@@ -215,7 +215,7 @@ class MqttTransport:
             return
         reason = error or "the broker closed the connection"
         log.warning("connection to %s lost: %s", self.url, reason)
-        self._publisher.requeue(_refusal(said), reason)  # wakes the PUBACK waiters
+        self._publisher.requeue(refusal(said), reason)  # wakes the PUBACK waiters
         if not self.options.reconnect:
             self._failed = TransportError(f"connection to {self.url} lost: {reason}")
         self._link_lost.set()
@@ -401,16 +401,3 @@ class MqttTransport:
         """Hand over what was held, then messages as they come."""
         if self._receiver is not None:
             self._receiver.resume()
-
-
-_NOT_A_REFUSAL = frozenset({0x8B, 0x8D, 0x8E, 0x9C, 0x9D})
-"""DISCONNECT reason codes that say nothing about what we sent: server shutting
-down, keepalive timeout, session taken over, use another server, server moved."""
-
-
-def _refusal(said: list[int]) -> bool:
-    """Did the broker close the link over something we sent? Only when it said so
-    with a DISCONNECT (Mosquitto: 0x81 malformed packet): a link that just broke
-    looks the same whether the broker crashed, restarted or refused, and a
-    message must not be dropped for a broker restart."""
-    return bool(said) and said[-1] >= 0x80 and said[-1] not in _NOT_A_REFUSAL
