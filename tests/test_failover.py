@@ -52,9 +52,7 @@ async def test_failover_to_the_second_broker_mid_stream(tmp_path: Path) -> None:
         assert ts.broker == tp.broker == f"127.0.0.1:{first.port}"
 
         def switched() -> bool:
-            return all(
-                t.broker == on_second and t.online for t in (ts, tp)
-            )
+            return all(t.broker == on_second and t.online for t in (ts, tp))
 
         after: list[int] = []  # events emitted once both had moved to the second broker
         for i in range(500):

@@ -23,6 +23,7 @@ from . import output as out
 from .contract import contract_app, payload_schema
 from .demo import Engines, Utterance, hop_summary, run_demo
 from .dlq import dlq_app
+from .satellite import satellite_config_command
 from .support import (
     MEMORY_NOTE,
     AsJson,
@@ -46,6 +47,7 @@ app = typer.Typer(
 )
 app.add_typer(contract_app, name="contract")
 app.add_typer(dlq_app, name="dlq")
+app.command("satellite-config")(satellite_config_command)
 
 
 def _version(value: bool) -> None:
