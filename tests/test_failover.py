@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from voicebus import EventBus, EventType
-from voicebus.errors import VoicebusError
+from voicebus.errors import BrokerUnavailableError, VoicebusError
 from voicebus.transport import parse_url
 from voicebus.transport.mqtt import MqttTransport
 
-from .broker import Mosquitto
+from .broker import Mosquitto, free_port
 from .helpers import Collector, eventually
 
 FAST = {"reconnect_delay": 0.02, "reconnect_max_delay": 0.2}
@@ -74,3 +74,18 @@ async def test_failover_to_the_second_broker_mid_stream(tmp_path: Path) -> None:
         await sub.stop()
         first.stop()
         second.stop()
+
+
+async def test_connects_to_the_first_address_that_answers(mosquitto: Mosquitto) -> None:
+    dead = free_port()  # nothing listens there
+    got = Collector()
+    async with EventBus(f"mqtt://127.0.0.1:{dead},127.0.0.1:{mosquitto.port}") as bus:
+        transport = bus.transport
+        assert isinstance(transport, MqttTransport)
+        assert transport.broker == f"127.0.0.1:{mosquitto.port}"
+        bus.subscribe(EventType.SPEECH_DETECTED, got)
+        await bus.ready()
+        await bus.emit(EventType.SPEECH_DETECTED, {"text": "via the second"})
+        await got.wait(1)
+    with pytest.raises(BrokerUnavailableError):  # none answers: the usual error
+        await EventBus(f"mqtt://127.0.0.1:{dead},127.0.0.1:{free_port()}").start()
