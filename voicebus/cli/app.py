@@ -16,11 +16,12 @@ from .. import __version__
 from ..errors import DemoError
 from ..ops.status import get_statuses
 from ..transport import Message, parse_url, resolve_url
-from ..wire.codec import validate_payload
+from ..wire.codec import encode
 from ..wire.events import Event
 from ..wire.routes import ROUTES
 from . import output as out
-from .contract import contract_app, payload_schema
+from .asyncapi import payload_schema
+from .contract import contract_app
 from .demo import Engines, Utterance, hop_summary, run_demo
 from .dlq import dlq_app
 from .satellite import satellite_config_command
@@ -97,7 +98,16 @@ def publish(
         etype = routed_event_type(event_type)
         route = ROUTES.get(etype)
         payload = build_payload(route, data, fields or [])
-        validate_payload(route, payload)
+        # the whole event, as emit will encode it, before connecting: a bad value
+        # (a control character in siteId, a source over 64 KiB) is exit 2 at once
+        encode(
+            route,
+            payload,
+            event_id="check",
+            source=source,
+            correlation_id=correlation_id,
+            metadata=None,
+        )
         memory = check_url(bus_url)
 
     async def body() -> Event:
