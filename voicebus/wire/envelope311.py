@@ -26,7 +26,6 @@ an MQTT string are dropped (the event then gets a fresh id, no correlation).
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from pydantic_core import from_json, to_json
@@ -34,14 +33,13 @@ from pydantic_core import from_json, to_json
 from ..errors import PayloadValidationError
 from .codec import correlation_bytes, correlation_text
 from .routes import PREFIX
+from .strings import mqtt_string_problem
 
 KEY = "_vb"
 """The reserved payload key of the envelope on ``voicebus/`` topics over MQTT 3.1.1."""
 CORRELATION = "correlationId"
 """The key of the correlation id inside ``_vb``."""
 _MARK = b'"_vb"'
-_BAD = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff\ufdd0-\ufdef\ufffe\uffff]")
-_MAX = 65_535
 
 UserProperties = tuple[tuple[str, str], ...]
 
@@ -111,7 +109,5 @@ def unfold(topic: str, payload: bytes) -> tuple[bytes, bytes | None, UserPropert
 
 
 def _plain(value: object) -> bool:
-    """A string that could be an MQTT 5 user property (no control or non-characters)."""
-    if not isinstance(value, str) or _BAD.search(value) is not None:
-        return False
-    return len(value) <= _MAX // 4 or len(value.encode("utf-8")) <= _MAX
+    """A valid MQTT 5 string, as a user property must be (`strings.py`)."""
+    return isinstance(value, str) and mqtt_string_problem(value) is None
