@@ -12,6 +12,10 @@ users, composed from one module per concept:
   dropped silently). QoS 1 messages still waiting for their PUBACK when the link
   drops are put back at the head of the outbox and sent again (receivers
   de-duplicate by source and event id).
+- **Failover** (`failover.py`): a URL may name several brokers; the first that
+  answers is used, and each reconnect attempt goes to the next.
+- **MQTT 3.1.1** (``protocol="3.1.1"``): no properties; the envelope is folded
+  into the payload on ``voicebus/`` topics (`wire/envelope311.py`).
 - **Status**: a retained ``voicebus/status/<clientId>`` ``online`` on every
   connect, ``offline`` on `close` and as the Last Will.
 - **Flow control** (`receiver.py`): `pause_reading` never stops reading the
