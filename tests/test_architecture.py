@@ -164,7 +164,10 @@ def test_no_import_cycle_between_bus_deadletters_ops_and_transport() -> None:
                     other for other in rooms if any(_in(m, other) for m in _reachable(module))
                 )
     cycles = {
-        f"{a} <-> {b}" for a in rooms for b in rooms if a < b and b in reach[a] and a in reach[b]
+        f"{a} <-> {b}"
+        for a in rooms
+        for b in rooms
+        if a < b and b in reach[a] and a in reach[b]
     }
     assert not cycles, sorted(cycles)
 

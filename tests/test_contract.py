@@ -192,7 +192,6 @@ def test_schema_file_is_the_model_on_the_wire(route: Any) -> None:
 def test_hermes_payloads_validate_against_the_schemas() -> None:
     """What rhasspy-hermes writes (nulls included) fits the published schema."""
     import jsonschema  # a dev dependency: its absence must fail, not skip
-
     by_topic = {}
     for path in sorted(HERMES.glob("*.json")):
         fixture = json.loads(path.read_text())
