@@ -34,11 +34,23 @@ round trip is tested in tests/test_hermes_wire.py."""
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
+NESTED: dict[str, Any] = {
+    "init": {"type": "notification", "text": "x"},
+    "termination": {"reason": "nominal"},
+    "intent": {"intentName": "x", "confidenceScore": 1.0},
+}
+"""Valid values of the required object fields (Hermes dialogue messages and intents)."""
+
+
 def sample(event_type: EventType, probe: str) -> dict[str, Any]:
-    """A valid payload of `event_type` (every required field is a string) with `probe`."""
+    """A valid payload of `event_type` (every required field a string, or an object
+    from `NESTED`) with `probe`. A required ``sessionId`` is left to the correlation
+    id (the data's own would win, and over 3.1.1 it is the correlation)."""
     model = ROUTES.get(event_type).model
     data: dict[str, Any] = {
-        (f.alias or name): "x" for name, f in model.model_fields.items() if f.is_required()
+        (f.alias or name): NESTED.get(f.alias or name, "x")
+        for name, f in model.model_fields.items()
+        if f.is_required() and name != "session_id"
     }
     data["probe"] = probe
     return data
