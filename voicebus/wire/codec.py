@@ -1,9 +1,14 @@
 """Encode events into MQTT messages and decode messages back into events.
 
 Payload: the event data as plain JSON on the route's topic. Envelope: MQTT 5
-properties (user properties ``id``, ``source``, ``type``, ``time``, ``metadata``
-as JSON; the correlation id in Correlation Data), so a peer that only sees topic
-and payload (Home Assistant, Rhasspy) misses nothing it needs.
+properties (user properties ``id``, ``source``, ``type``, ``time``, ``parent``,
+``metadata`` as JSON; the correlation id in Correlation Data), so a peer that
+only sees topic and payload (Home Assistant, Rhasspy) misses nothing it needs.
+
+``parent`` (`Event.parent_id`, `PARENT`) is the ``id`` of the event whose handler
+emitted this one: left out when there is none. Like ``id`` it is an opaque MQTT
+string, taken as it comes (an empty value counts as absent); ``id`` + ``parent``
++ correlation id make an utterance's causal tree (trace, record, replay).
 
 Decoding treats every envelope value as untrusted:
 
@@ -45,6 +50,8 @@ from .routes import Route, RouteTable
 
 CONTENT_TYPE = "application/json"
 
+PARENT = "parent"
+"""The user property carrying `Event.parent_id`."""
 BAD_TIME = "voicebus.bad_time"
 """The `Event.metadata` key noting a ``time`` property that was refused (see above)."""
 MAX_TIME = 253402300799.0
@@ -141,6 +148,7 @@ def encode(
     source: str | None,
     correlation_id: str | None,
     metadata: Mapping[str, Any] | None,
+    parent_id: str | None = None,
 ) -> tuple[Event, Message]:
     """Validate and encode one event; nothing is sent."""
     wire = validate_payload(route, data)
@@ -155,6 +163,7 @@ def encode(
         correlation_id,
         dict(metadata) if metadata else {},
         topic,
+        parent_id,
     )
     if route.topic_only:
         wire = {k: v for k, v in wire.items() if k not in route.topic_only}
@@ -165,6 +174,8 @@ def encode(
     ]
     if source:
         props.append(("source", source))
+    if parent_id:
+        props.append((PARENT, parent_id))
     if metadata:
         props.append(("metadata", to_json(metadata).decode()))
     message = Message(
@@ -243,6 +254,7 @@ def decode(message: Message, routes: RouteTable, new_id: Callable[[], str]) -> E
         correlation_id,
         metadata,
         message.topic,
+        props.get(PARENT) or None,
     )
     try:
         raw = parse_json_object(message.payload)

@@ -58,7 +58,8 @@ class Event:
     """One event: its kind, its payload (wire keys) and its envelope.
 
     `data` holds the payload as it travels (camelCase keys, defaults for keys the
-    wire format requires); `metadata` may be changed by middleware.
+    wire format requires); `metadata` may be changed by middleware. `parent_id` is
+    the id of the event being handled when this one was emitted (None otherwise).
     """
 
     type: Enum
@@ -69,6 +70,8 @@ class Event:
     correlation_id: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     topic: str = ""
+    parent_id: str | None = None
+    """The id of the event whose handler emitted this one (causality; see `codec`)."""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly view of the event."""
@@ -79,6 +82,7 @@ class Event:
             "source": self.source,
             "timestamp": self.timestamp,
             "correlation_id": self.correlation_id,
+            "parent_id": self.parent_id,
             "metadata": self.metadata,
             "data": self.data,
         }
