@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic_core import to_json
 
-from .errors import DeadLetterNotFoundError
+from .errors import DeadLetterNotFoundError, HandlerTimeout
 from .transport import Message
 from .wire.events import Event, EventType
 from .wire.routes import SYSTEM_PREFIXES
@@ -56,6 +56,7 @@ __all__ = [
     "DEAD_LETTER_PREFIX",
     "FailureReporter",
     "HANDLER_ERROR",
+    "HANDLER_TIMEOUT",
     "MAX_RECORD_PAYLOAD",
     "REPORT_BACKLOG",
     "RateLimit",
@@ -68,6 +69,8 @@ __all__ = [
 ]
 
 HANDLER_ERROR = "handler_error"
+HANDLER_TIMEOUT = "handler_timeout"
+"""The reason of a handler cancelled at its ``subscribe(..., timeout=)`` deadline."""
 
 
 def handler_failure(event: Event, handler: str, exc: BaseException) -> dict[str, Any]:
@@ -77,7 +80,7 @@ def handler_failure(event: Event, handler: str, exc: BaseException) -> dict[str,
         "error": str(exc) or type(exc).__name__,
         "handler": handler,
         "time": time.time(),
-        "reason": HANDLER_ERROR,
+        "reason": HANDLER_TIMEOUT if isinstance(exc, HandlerTimeout) else HANDLER_ERROR,
         "exception": type(exc).__name__,
         "topic": event.topic,
         "payload": None,
@@ -107,7 +110,7 @@ def error_event_data(record: dict[str, Any], component: str) -> dict[str, Any]:
         "component": component,
         "context": record["reason"],
     }
-    if record["reason"] == HANDLER_ERROR and event is not None:
+    if record["reason"] in (HANDLER_ERROR, HANDLER_TIMEOUT) and event is not None:
         data["context"] = event.type.value
         data["handler"] = record["handler"]
         data["siteId"] = event.data.get("siteId") or "default"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -195,6 +196,7 @@ def asyncapi(routes: RouteTable | None = None, version: str | None = None) -> di
                 "bindingVersion": MQTT_BINDING_VERSION,
                 "qos": route.qos,
                 "retain": route.retain,
+                **_expiry(route),
             }
         }
         for action, verb in (("send", "Emit"), ("receive", "Receive")):
@@ -308,13 +310,15 @@ def readme(routes: RouteTable | None = None) -> str:
         " Keys marked *topic only* are not repeated in the payload (Hermes has no such"
         " key there). The envelope travels as MQTT 5 properties: user properties `id`,"
         " `type`, `source`, `time`, `metadata` (JSON), and the correlation id as"
-        " Correlation Data; a message without them (e.g. from Rhasspy or"
+        " Correlation Data, `parent` the id of the event whose handler emitted it;"
+        " *ttl*: seconds until an event goes stale (MQTT 5 Message Expiry; `-`: never;"
+        " `emit(..., ttl=)` overrides it). A message without them (e.g. from Rhasspy or"
         " `mosquitto_pub`) gets a fresh id and its `sessionId` as correlation id.",
         "",
         "Payload fields marked * are required; all others have defaults.",
         "",
-        "| EventType | topic | QoS | retain | payload fields | Hermes class |",
-        "|---|---|---|---|---|---|",
+        "| EventType | topic | QoS | retain | ttl | payload fields | Hermes class |",
+        "|---|---|---|---|---|---|---|",
     ]
     for route in table:
         ident = _ident(route)
@@ -331,7 +335,8 @@ def readme(routes: RouteTable | None = None) -> str:
         fields = f"{_field_list(route)} ([schema]({SCHEMA_DIR}/{ident}.json))"
         lines.append(
             f"| {_cell(_title(route))} | {_cell(topic)} | {route.qos} | "
-            f"{'yes' if route.retain else 'no'} | {_cell(fields)} | {_cell(hermes)} |"
+            f"{'yes' if route.retain else 'no'} | {_ttl(route)} | {_cell(fields)} | "
+            f"{_cell(hermes)} |"
         )
     lines += [
         "",
@@ -342,6 +347,15 @@ def readme(routes: RouteTable | None = None) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _ttl(route: Route) -> str:
+    return "-" if route.ttl is None else f"{route.ttl:g}"
+
+
+def _expiry(route: Route) -> dict[str, int]:
+    """The MQTT binding's ``messageExpiryInterval`` (whole seconds) when the route has a ttl."""
+    return {} if route.ttl is None else {"messageExpiryInterval": math.ceil(route.ttl)}
 
 
 def _dump(value: Any) -> str:

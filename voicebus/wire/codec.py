@@ -149,8 +149,10 @@ def encode(
     correlation_id: str | None,
     metadata: Mapping[str, Any] | None,
     parent_id: str | None = None,
+    ttl: float | None = None,
 ) -> tuple[Event, Message]:
-    """Validate and encode one event; nothing is sent."""
+    """Validate and encode one event; nothing is sent. `ttl`: seconds until it goes
+    stale (`Message.expires`), None: the route's default."""
     wire = validate_payload(route, data)
     topic = route.topic(wire)
     timestamp = time.time()
@@ -189,6 +191,10 @@ def encode(
         (),
         True,
     )
+    if ttl is None:
+        ttl = route.ttl
+    if ttl is not None and ttl != math.inf:
+        message.expires = time.monotonic() + ttl
     return event, message
 
 

@@ -1,4 +1,4 @@
-"""`EventType` (the seed's 28 event kinds) and `Event` (one occurrence on the bus)."""
+"""`EventType` (the seed's 28 event kinds and CANCELLED) and `Event` (one occurrence)."""
 
 from __future__ import annotations
 
@@ -48,6 +48,8 @@ class EventType(str, Enum):
     SYSTEM_STOPPED = "system_stopped"
     ERROR_OCCURRED = "error_occurred"
     HEALTH_CHECK = "health_check"
+    # Time
+    CANCELLED = "cancelled"
 
     def __str__(self) -> str:
         return self.value

@@ -30,7 +30,9 @@ class Route:
 
     `topic_only` names wire keys that live only in the topic (Hermes has no such
     key in the payload); they are removed from the payload when publishing and
-    restored into `Event.data` from the topic when receiving.
+    restored into `Event.data` from the topic when receiving. `ttl` is the default
+    lifetime in seconds of an event of this route (None: it never goes stale; see
+    `DEFAULT_TTLS`), overridden by ``emit(..., ttl=)``.
     """
 
     event_type: Enum
@@ -41,6 +43,7 @@ class Route:
     retain: bool = False
     hermes: str | None = None
     description: str = ""
+    ttl: float | None = None
 
     @property
     def filter(self) -> str:
@@ -68,7 +71,25 @@ def _route(
         frozenset(topic_only),
         hermes=hermes,
         description=doc,
+        ttl=DEFAULT_TTLS.get(event_type),
     )
+
+
+DEFAULT_TTLS: dict[Enum, float] = {
+    # worthless seconds later: a late one would start a session nobody is speaking to
+    EventType.WAKE_WORD_DETECTED: 5.0,
+    EventType.SPEECH_ENDED: 5.0,  # end-of-speech steers a recording happening now
+    EventType.SILENCE_DETECTED: 5.0,
+    # live progress: only the latest matters, a stale one shows a wrong state
+    EventType.AUDIO_PLAYBACK_PROGRESS: 5.0,
+    EventType.PHONEME_EVENT: 2.0,  # lip sync for audio that is playing now
+    EventType.MODEL_DOWNLOAD_PROGRESS: 30.0,
+    EventType.HEALTH_CHECK: 30.0,  # a health report stands for the moment it was made
+    EventType.CANCELLED: 30.0,  # as long as `cancel_window`: nothing to cancel later
+}
+"""Default `Route.ttl` per event type, in seconds. Not listed, never stale: results
+and notifications (a transcript, a response, ``model_loaded``, errors) stay true
+and a late one is still worth having; state a peer keeps (start/stop) too."""
 
 
 def _default_routes() -> list[Route]:
@@ -129,6 +150,7 @@ def _default_routes() -> list[Route]:
             topic_only=("component",),
         ),
         _route(e.HEALTH_CHECK, "voicebus/system/health", m.SystemPayload),
+        _route(e.CANCELLED, "voicebus/cancelled", m.Cancelled),
     ]
 
 
@@ -226,8 +248,10 @@ def register_route(
     qos: int = 1,
     retain: bool = False,
     replace: bool = False,
+    ttl: float | None = None,
 ) -> Route:
-    """Register a user event type: ``register_route(MyEvents.BEEP, "myapp/beep", Beep)``."""
+    """Register a user event type: ``register_route(MyEvents.BEEP, "myapp/beep", Beep)``;
+    `ttl`: seconds after which its events go stale (None: never)."""
     route = Route(
         event_type,
         TopicTemplate(topic),
@@ -235,6 +259,7 @@ def register_route(
         frozenset(topic_only),
         qos=qos,
         retain=retain,
+        ttl=ttl,
         description=((model.__doc__ or "").strip().splitlines() or [""])[0],
     )
     return ROUTES.register(route, replace=replace)
