@@ -1,4 +1,4 @@
-"""The ``voicebus`` command line: publish, listen, wait, topics, status, dlq, demo.
+"""The ``voicebus`` command line: publish, listen, wait, topics, status, dlq, demo, arbiter.
 
 Every command takes ``--url`` (default ``$VOICEBUS_URL``, then ``memory://``) and
 prints rich output on a terminal, plain lines in a pipe, JSON with ``--json``.
@@ -20,6 +20,7 @@ from ..wire.codec import validate_payload
 from ..wire.events import Event
 from ..wire.routes import ROUTES
 from . import output as out
+from .arbiter import arbiter
 from .contract import contract_app, payload_schema
 from .demo import Engines, Utterance, hop_summary, run_demo
 from .dlq import dlq_app
@@ -46,6 +47,7 @@ app = typer.Typer(
 )
 app.add_typer(contract_app, name="contract")
 app.add_typer(dlq_app, name="dlq")
+app.command(name="arbiter")(arbiter)
 
 
 def _version(value: bool) -> None:

@@ -29,6 +29,8 @@ from .dispatch import Dispatcher
 from .monitor import Monitor, SeenIds
 from .waiters import Waiters
 
+_CANCELLED = EventType.CANCELLED
+
 InboundFailure = Callable[[Message, str, str, Event | None], None]
 """``failed(message, reason, error, event)``: record a message that was refused."""
 
@@ -114,7 +116,7 @@ class Inbound:
                 return False
             cancels = self.cancellations
             if cancels is not None:
-                if event.type is EventType.CANCELLED:
+                if event.type is _CANCELLED:
                     cancels.on_event(event)
                 elif cancels.ids and event.correlation_id is not None and cancels.drops(event):
                     return False
