@@ -170,12 +170,14 @@ async def test_cancel_window_ends_and_cancelled_ids_are_bounded() -> None:
     assert len(ids) == 1  # bytes bound
     await asyncio.sleep(0.06)  # the window itself is what is tested
     assert "x" * 999 not in ids and len(ids) == 0
-    async with EventBus(f"memory://{uuid.uuid4().hex}", cancel_window=0.05) as bus:
+    async with EventBus(f"memory://{uuid.uuid4().hex}", cancel_window=0.2) as bus:
         got = Collector()
         bus.subscribe(SPEECH, got)
         await bus.cancel("u9")
         await bus.emit(SPEECH, {"text": "dropped"}, correlation_id="u9")
-        await asyncio.sleep(0.06)
+        with pytest.raises(RequestCancelled, match="u9"):
+            await bus.wait_for(REPLY, timeout=5, correlation_id="u9")  # fails at once
+        await asyncio.sleep(0.21)
         await bus.emit(SPEECH, {"text": "after the window"}, correlation_id="u9")
         (event,) = await got.wait(1)
         assert event.data["text"] == "after the window"
@@ -311,3 +313,35 @@ def test_the_readme_ttl_table_is_the_route_table() -> None:
             documented[name.strip("`")] = float(ttl)
     assert documented == {t.name: ttl for t, ttl in DEFAULT_TTLS.items()}
     assert {r.event_type.name: r.ttl for r in ROUTES if r.ttl is not None} == documented
+
+
+async def test_a_handler_that_swallows_the_cancellation_does_not_stop_dispatch(
+    bus: EventBus,
+) -> None:
+    handled: list[str] = []
+    started = asyncio.Event()
+
+    async def stubborn(event: Event) -> None:
+        if event.data["text"] in ("slow", "cancel me"):
+            started.set()
+            try:
+                await asyncio.sleep(5)
+            except asyncio.CancelledError:
+                handled.append("swallowed " + event.data["text"])
+                return  # swallowed: the deadline or the cancellation still counts
+        handled.append(event.data["text"])
+
+    bus.subscribe(SPEECH, stubborn, timeout=1)
+    await bus.ready()
+    await bus.emit(SPEECH, {"text": "slow"})
+    await eventually(lambda: handled, timeout=5)
+    started.clear()
+    await bus.emit(SPEECH, {"text": "cancel me"}, correlation_id="c1")
+    await asyncio.wait_for(started.wait(), 5)
+    await bus.cancel("c1")
+    await bus.emit(SPEECH, {"text": "after"})
+    await eventually(lambda: len(handled) == 3, timeout=5)
+    assert handled == ["swallowed slow", "swallowed cancel me", "after"]
+    assert [d["reason"] for d in bus.get_dead_letter_queue()] == ["handler_timeout"]
+    assert bus.get_stats()["metrics"]["handlers_cancelled"] == 1
+    assert bus.is_running

@@ -283,7 +283,8 @@ class EventBus:
         Whatever `handler` or `filter_func` raises, ``asyncio.CancelledError`` and
         ``GeneratorExit`` included, is recorded as a dead letter plus ERROR_OCCURRED
         and dispatch goes on; only ``KeyboardInterrupt`` and ``SystemExit`` end the
-        process (see `voicebus.receive.dispatch`).
+        process. A handler cancelled by `cancel` (its event's correlation id) is
+        counted as cancelled, not failed (see `voicebus.receive.dispatch`).
         """
         if not callable(handler):
             raise TypeError(f"handler must be callable, got {handler!r}")
@@ -395,7 +396,7 @@ class EventBus:
             correlation_id=correlation_id,
             metadata=metadata,
             parent_id=parent.id if parent is not None else None,
-            ttl=_positive("ttl", ttl),
+            ttl=ttl if ttl is None else _positive("ttl", ttl),
         )
         await self.publish_message(message)
         self.monitor.record(event)
@@ -474,6 +475,7 @@ class EventBus:
         topic_filter, _ = self._filter_for(target)
         future: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
         waiter = Waiter(topic_filter, future, correlation_id, filter_func)
+        self._cancels.check_wait(waiter)  # on an id cancelled within cancel_window
         self._waiters.add(waiter)
         if self._subs.acquire(topic_filter):
             self._filters.subscribe(topic_filter)

@@ -10,8 +10,8 @@ that receives it (every bus subscribes to the topic) applies it too, idempotentl
 - queued events with it are skipped (acknowledged, not handled), and events
   with it that arrive within ``cancel_window`` seconds are dropped on arrival
   (both counted in ``events_cancelled``),
-- `wait_for` / `request` waiting on it raise `RequestCancelled`
-  (``waits_cancelled``).
+- `wait_for` / `request` waiting on it raise `RequestCancelled`, and so do the
+  ones started on it within ``cancel_window`` (``waits_cancelled``).
 
 The CANCELLED event itself is dispatched like any other (an arbiter or a trace may
 subscribe to it). The cancelled ids are remembered for ``cancel_window`` seconds,
@@ -27,7 +27,7 @@ from collections import OrderedDict
 from ..errors import RequestCancelled
 from ..wire.events import Event
 from .dispatch import Dispatcher
-from .waiters import Waiters
+from .waiters import Waiter, Waiters
 
 MAX_IDS = 10_000
 """Cancelled correlation ids remembered at most."""
@@ -42,26 +42,31 @@ class CancelledIds:
         self.window = window
         self.max_ids = max_ids
         self.max_bytes = max_bytes
-        self._until: OrderedDict[str, float] = OrderedDict()
+        self.until: OrderedDict[str, float] = OrderedDict()
+        """Cancelled id -> when its window ends (``time.monotonic()``), oldest first."""
         self._bytes = 0
 
     def __len__(self) -> int:
-        return len(self._until)
+        return len(self.until)
 
     def add(self, correlation_id: str) -> None:
         """Remember `correlation_id` as cancelled for `window` seconds from now."""
-        until = self._until
+        until = self.until
         if correlation_id in until:
             until.move_to_end(correlation_id)
         else:
             self._bytes += len(correlation_id)
-        until[correlation_id] = time.monotonic() + self.window
+        now = time.monotonic()
+        while until and next(iter(until.values())) <= now:  # the oldest, whose window ended
+            old, _ = until.popitem(last=False)
+            self._bytes -= len(old)
+        until[correlation_id] = now + self.window
         while until and (len(until) > self.max_ids or self._bytes > self.max_bytes):
             old, _ = until.popitem(last=False)
             self._bytes -= len(old)
 
     def __contains__(self, correlation_id: object) -> bool:
-        until = self._until
+        until = self.until
         expires = until.get(correlation_id)  # type: ignore[call-overload]
         if expires is None:
             return False
@@ -71,7 +76,7 @@ class CancelledIds:
         return False
 
     def _forget_stale(self) -> None:
-        until = self._until
+        until = self.until
         now = time.monotonic()
         # not strictly ordered by expiry (a re-cancel moves to the end with a later one)
         for key in [k for k, t in until.items() if t <= now]:
@@ -101,6 +106,13 @@ class Cancellations:
         self.waits_cancelled += self._waiters.fail(
             correlation_id, lambda: RequestCancelled(correlation_id, reason)
         )
+
+    def check_wait(self, waiter: Waiter) -> None:
+        """A new wait on an id cancelled within the window fails at once."""
+        cid = waiter.correlation_id
+        if cid is not None and self.ids.until and cid in self.ids:
+            waiter.future.set_exception(RequestCancelled(cid, "cancelled earlier"))
+            self.waits_cancelled += 1
 
     def on_event(self, event: Event) -> None:
         """A CANCELLED event arrived: apply it when it names a correlation id."""

@@ -109,7 +109,7 @@ class Inbound:
             if not id_less and not self._dispatched.add(_message_key("g", event)):
                 return False
             cancels = self.cancellations
-            if cancels is not None and cancels.ids and cancels.drops(event):
+            if cancels is not None and cancels.ids.until and cancels.drops(event):
                 return False
         else:
             if not id_less and not self._dispatched.add(_message_key("p", event)):
@@ -118,7 +118,7 @@ class Inbound:
             if cancels is not None:
                 if event.type is _CANCELLED:
                     cancels.on_event(event)
-                elif cancels.ids and event.correlation_id is not None and cancels.drops(event):
+                elif cancels.ids.until and event.correlation_id and cancels.drops(event):
                     return False
             if len(self._waiters):
                 self._waiters.resolve(event)
