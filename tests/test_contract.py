@@ -48,7 +48,7 @@ def test_committed_contract_is_up_to_date() -> None:
     problems = contract.differences(TOPICS)
     assert problems == [], (
         "topics/ differs from what the code generates; run `voicebus contract export "
-        "topics/` (or `python -m voicebus.cli.contract export topics/`) and commit:\n"
+        "topics/` (or `python -m voicebus contract export topics/`) and commit:\n"
         + "\n".join(problems)
     )
 

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from tests.broker import ROOT, Mosquitto
-from tests.helpers import Collector
+from tests.helpers import Collector, eventually
 from voicebus import EventBus, EventType
 from voicebus.deadletters import FailureReporter
 from voicebus.ops.dlq import list_dead_letters, purge_dead_letters
@@ -38,19 +38,6 @@ within their cap, the bounded background work and flat memory (the cap's rotatio
 itself: `test_retained_dead_letters_are_capped_oldest_cleared_first`)."""
 
 
-async def _until(condition: Any, timeout: float = 10.0) -> None:
-    """Poll `condition()` (sync or async) until it is true, or fail after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
-
-
 async def _send_invalid(bus_url: str, count: int) -> None:
     """`count` payloads that are not JSON on a routed topic, from another service."""
     async with EventBus(bus_url) as peer:
@@ -65,8 +52,8 @@ async def test_retained_dead_letters_are_capped_oldest_cleared_first(bus_url: st
         bus.subscribe(EventType.SPEECH_DETECTED, Collector())
         await bus.ready()
         await _send_invalid(bus_url, 12)
-        await _until(lambda: bus.get_stats()["metrics"]["dead_letters"] == 12)
-        await _until(lambda: not bus._failures.tasks)  # every report sent
+        await eventually(lambda: bus.get_stats()["metrics"]["dead_letters"] == 12, 10)
+        await eventually(lambda: not bus._failures.tasks, 10)  # every report sent
         newest = [r["id"] for r in bus.get_dead_letter_queue()][-5:]
         retained = await list_dead_letters(bus, client_id=bus.client_id)
         assert sorted(r["id"] for r in retained) == sorted(newest)
@@ -92,8 +79,8 @@ async def test_dead_letters_and_error_events_are_rate_limited_and_counted(
         await bus.ready()
         with caplog.at_level("WARNING", logger="voicebus"):
             await _send_invalid(bus_url, 20)
-            await _until(lambda: bus.get_stats()["metrics"]["dead_letters"] == 20)
-        await _until(lambda: not bus._failures.tasks)
+            await eventually(lambda: bus.get_stats()["metrics"]["dead_letters"] == 20, 10)
+        await eventually(lambda: not bus._failures.tasks, 10)
         metrics = bus.get_stats()["metrics"]
         assert metrics["dead_letters_not_retained"] == 17
         assert metrics["error_events_suppressed"] == 17
@@ -308,9 +295,9 @@ async def test_reports_go_on_after_the_background_task_was_cancelled() -> None:
     reporter.inbound_failure(bad, "invalid_json", "not JSON", None)
     for task in list(reporter.tasks):
         task.cancel()
-    await _until(lambda: not reporter.tasks)
+    await eventually(lambda: not reporter.tasks, 10)
     metrics = monitor.snapshot()["metrics"]
     assert (metrics["dead_letters_not_retained"], metrics["error_events_suppressed"]) == (1, 1)
     reporter.inbound_failure(bad, "invalid_json", "not JSON", None)
-    await _until(lambda: len(sent) == 2)
+    await eventually(lambda: len(sent) == 2, 10)
     assert sent[0].startswith("voicebus/deadLetter/") and sent[1] == "error"

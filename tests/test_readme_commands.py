@@ -31,8 +31,10 @@ from tests.broker import CONFIGS, Mosquitto
 from tests.helpers import eventually
 from tests.test_cli import Background, cli_env, voicebus
 from voicebus import EventBus, EventType
+from voicebus.cli.demo import Engines, run_demo
 from voicebus.errors import DeadLetterNotFoundError
 from voicebus.ops.dlq import get_dead_letter
+from voicebus.testing import record
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -182,6 +184,9 @@ def run_voicebus(s: Session, words: list[str]) -> None:
         return
     if args[:1] == ["dlq"] and "ID" in args:
         args[args.index("ID")] = s.dead_letter()
+    if args[0] in ("record", "trace", "replay"):
+        run_timeline(s, args)
+        return
     result = voicebus(*args, url=url)
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
@@ -189,6 +194,34 @@ def run_voicebus(s: Session, words: list[str]) -> None:
         assert "from wake word to sayFinished" in result.stdout
     if args[0] == "topics":
         assert "hermes/asr/textCaptured" in result.stdout
+
+
+def run_timeline(s: Session, args: list[str]) -> None:
+    """record: a demo utterance while it runs, stopped by Ctrl-C; trace --from and
+    replay: on that recording (made here when this test runs alone)."""
+    recording = s.broker.workdir / "session.jsonl"
+    args = [str(recording) if a == "session.jsonl" else a for a in args]
+    if args[0] == "record":
+        with Background.voicebus(*args, url=s.bus_url()) as recorder:
+            recorder.wait_for("recording #", "stderr")
+            asyncio.run(run_demo(s.url, 1, Engines(scale=0)))
+            code, _, err = recorder.finish(signal.SIGINT)
+        assert code == 0 and "recorded 8 message(s)" in err, err
+        return
+    if not recording.exists():
+
+        async def make() -> None:
+            async with record(s.url) as made:
+                await run_demo(s.url, 1, Engines(scale=0))
+            made.save(recording)
+
+        asyncio.run(make())
+    result = voicebus(*args, url=s.bus_url())
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    if args[0] == "trace":
+        assert result.stdout.startswith("trace demo-") and "tts_completed" in result.stdout
+    else:
+        assert result.stdout.startswith("replayed 8 message(s)")
 
 
 def run_pip(s: Session, words: list[str]) -> None:

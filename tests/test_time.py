@@ -155,8 +155,8 @@ async def test_cancel_ends_the_running_handler_skips_queued_and_late_events_and_
     assert metrics["events_cancelled"] == 2  # "queued" skipped, "late" dropped
     assert metrics["waits_cancelled"] == 1
     assert metrics["cancellations_received"] == 1
-    # the canceller applies it at once, and its echo again (idempotent)
-    assert bus.get_stats()["metrics"]["events_cancelled"] >= 0
+    # the canceller applies it at once, then its own echo (once, idempotent)
+    assert bus.get_stats()["metrics"]["cancellations_received"] == 1
 
 
 async def test_cancel_window_ends_and_cancelled_ids_are_bounded() -> None:
@@ -290,7 +290,9 @@ async def test_a_persistent_subscriber_offline_past_the_ttl_gets_no_stale_messag
         await pub.emit(WAKE, {"siteId": "kitchen"}, ttl=1)
         await pub.emit(WAKE, {"siteId": "hall"}, ttl=30)
         await pub.emit(SPEECH, {"text": "kept"})
-    await asyncio.sleep(1.5)  # offline longer than the ttl: that is the test
+    # offline longer than the ttl: that is the test. Mosquitto keeps expiry in whole
+    # seconds and drops a message only once "now > received + interval": up to 2 s
+    await asyncio.sleep(2.5)
     back = EventBus(url, client_id=client_id, session_expiry=60)
     back.subscribe(WAKE, got)  # before start: the session's messages arrive at once
     back.subscribe(SPEECH, got)

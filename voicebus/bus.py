@@ -33,11 +33,12 @@ from .receive.monitor import Monitor
 from .receive.subscriptions import EventFilter, Handler, Subscription, SubscriptionRegistry
 from .receive.waiters import Waiter, Waiters
 from .transport import BusURL, Message, Transport, open_transport, parse_url, resolve_url
-from .wire.codec import encode
+from .wire.codec import check_message, encode
 from .wire.events import Event, EventType, event_type_named
 from .wire.ids import RandomIds
 from .wire.models import Payload
 from .wire.routes import ROUTES, RouteTable
+from .wire.topics import check_filter
 
 log = logging.getLogger("voicebus")
 
@@ -258,7 +259,7 @@ class EventBus:
         if "/" not in target and target not in ("#", "+", "*"):
             event_type = event_type_named(target)
             return self._routes.get(event_type).filter, event_type
-        return ("#" if target == "*" else target), None
+        return check_filter("#" if target == "*" else target), None
 
     def subscribe(
         self,
@@ -403,7 +404,13 @@ class EventBus:
         return event
 
     async def publish_message(self, message: Message) -> None:
-        """Publish an already encoded message (after pending subscriptions settle)."""
+        """Publish an already encoded message (after pending subscriptions settle).
+
+        One not built by `emit` has its wire strings checked first: a bad topic
+        raises `TopicError`, a bad user property `PayloadValidationError`.
+        """
+        if not message.validated:
+            check_message(message)
         if not self._running:
             await self.start()
         if self._filters.pending:

@@ -115,5 +115,9 @@ class DemoError(VoicebusError):
     """The simulated pipeline stalled (a service did not answer in time)."""
 
 
+class RecordingError(VoicebusError, ValueError):
+    """A recording (``voicebus record``'s JSON Lines) that cannot be read or replayed."""
+
+
 class UnsupportedDependencyError(VoicebusError, RuntimeError):
     """An installed dependency (paho-mqtt, aiomqtt) is outside the versions voicebus supports."""

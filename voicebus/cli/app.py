@@ -1,4 +1,5 @@
-"""The ``voicebus`` command line: publish, listen, wait, topics, status, dlq, demo, arbiter.
+"""The ``voicebus`` command line: publish, listen, wait, topics, status, dlq, demo
+(and record, replay, trace from `timeline`; arbiter from `arbiter`).
 
 Every command takes ``--url`` (default ``$VOICEBUS_URL``, then ``memory://``) and
 prints rich output on a terminal, plain lines in a pipe, JSON with ``--json``.
@@ -16,13 +17,14 @@ from .. import __version__
 from ..errors import DemoError
 from ..ops.status import get_statuses
 from ..transport import Message, parse_url, resolve_url
-from ..wire.codec import validate_payload
+from ..wire.codec import encode
 from ..wire.events import Event
 from ..wire.routes import ROUTES
 from . import output as out
 from .arbiter import arbiter
-from .contract import contract_app, payload_schema
-from .demo import Engines, Utterance, hop_summary, run_demo
+from .asyncapi import payload_schema
+from .contract import contract_app
+from .demo import RUN_ID, Engines, Utterance, hop_summary, run_demo
 from .dlq import dlq_app
 from .support import (
     MEMORY_NOTE,
@@ -39,6 +41,7 @@ from .support import (
     stop_on_signals,
     topic_filter,
 )
+from .timeline import register as register_timeline
 
 app = typer.Typer(
     help="voicebus: the voice-assistant event bus over MQTT (or in-process memory://).",
@@ -97,7 +100,16 @@ def publish(
         etype = routed_event_type(event_type)
         route = ROUTES.get(etype)
         payload = build_payload(route, data, fields or [])
-        validate_payload(route, payload)
+        # the whole event, as emit will encode it, before connecting: a bad value
+        # (a control character in siteId, a source over 64 KiB) is exit 2 at once
+        encode(
+            route,
+            payload,
+            event_id="check",
+            source=source,
+            correlation_id=correlation_id,
+            metadata=None,
+        )
         memory = check_url(bus_url)
 
     async def body() -> Event:
@@ -294,6 +306,14 @@ def demo(
     timeout: Annotated[
         float, typer.Option("--timeout", help="Seconds one utterance may take.")
     ] = 10.0,
+    run_id: Annotated[
+        str | None,
+        typer.Option(
+            "--run-id",
+            help="Correlation ids are demo-RUN_ID-N (default: random).",
+            show_default=False,
+        ),
+    ] = None,
     url: Url = None,
     as_json: AsJson = False,
 ) -> None:
@@ -304,6 +324,8 @@ def demo(
     bus_url = resolve_url(url)
     with out.reported_errors():
         check_url(bus_url)
+        if run_id is not None and not RUN_ID.fullmatch(run_id):
+            raise out.CliError(f"--run-id {run_id!r}: use 1-32 letters, digits, '_' or '-'")
     if not as_json:
         print(
             f"voicebus demo on {parse_url(bus_url).redacted()}: services wakeword, stt, llm, "
@@ -314,7 +336,7 @@ def demo(
 
     async def body() -> list[Utterance]:
         try:
-            return await run_demo(bus_url, utterances, Engines(scale=scale), timeout)
+            return await run_demo(bus_url, utterances, Engines(scale=scale), timeout, run_id=run_id)
         except DemoError as exc:
             raise out.CliError(str(exc), out.EXIT_TIMEOUT) from None
 
@@ -329,3 +351,6 @@ def demo(
         )
         return
     out.print_demo(runs, hop_summary(runs) if len(runs) > 1 else [])
+
+
+register_timeline(app)  # record, replay, trace (cli/timeline.py), listed after demo

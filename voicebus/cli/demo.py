@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import re
 import statistics
 import time
 import uuid
@@ -62,6 +63,8 @@ SCRIPT: tuple[tuple[str, str], ...] = (
 """What the simulated user says and what the simulated LLM answers."""
 
 WAKEWORD = "hey_voicebus"
+RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")
+"""A run id: part of the client ids and of the correlation ids ``demo-<run id>-<n>``."""
 
 
 @dataclass
@@ -279,9 +282,15 @@ class Demo:
     """The five services and the observer on `url`; use as ``async with``."""
 
     def __init__(
-        self, url: str | None = None, engines: Engines | None = None, timeout: float = 10.0
+        self,
+        url: str | None = None,
+        engines: Engines | None = None,
+        timeout: float = 10.0,
+        run_id: str | None = None,
     ) -> None:
-        self.run_id = uuid.uuid4().hex[:6]
+        if run_id is not None and not RUN_ID.fullmatch(run_id):
+            raise DemoError(f"run id {run_id!r}: use 1-32 letters, digits, '_' or '-'")
+        self.run_id = run_id or uuid.uuid4().hex[:6]
         if url is None or url.rstrip("/") == "memory:":
             url = f"memory://demo-{self.run_id}"
         self.url = url
@@ -359,9 +368,11 @@ async def run_demo(
     engines: Engines | None = None,
     timeout: float = 10.0,
     phrases: Sequence[str] | None = None,
+    run_id: str | None = None,
 ) -> list[Utterance]:
-    """Run the pipeline for `utterances` utterances on `url` (memory:// by default)."""
-    async with Demo(url, engines, timeout) as demo:
+    """Run the pipeline for `utterances` utterances on `url` (memory:// by default);
+    their correlation ids are ``demo-<run_id>-<n>`` (`run_id` random by default)."""
+    async with Demo(url, engines, timeout, run_id) as demo:
         runs = []
         for i in range(utterances):
             said = phrases[i % len(phrases)] if phrases else None

@@ -40,15 +40,18 @@ from enum import Enum
 from typing import Any
 
 import pydantic
-from pydantic_core import from_json, to_json
+from pydantic_core import PydanticSerializationError, from_json, to_json
 
 from ..errors import DecodeError, PayloadValidationError
 from ..transport.base import Message
 from .events import Event
 from .models import Payload
 from .routes import Route, RouteTable
+from .strings import MAX_STRING_BYTES, mqtt_string_problem, nested_string_problem, shown
+from .topics import check_topic
 
 CONTENT_TYPE = "application/json"
+_SHORT_ENOUGH = MAX_STRING_BYTES // 4  # code points that fit an MQTT string however they encode
 
 PARENT = "parent"
 """The user property carrying `Event.parent_id`."""
@@ -152,7 +155,12 @@ def encode(
     ttl: float | None = None,
 ) -> tuple[Event, Message]:
     """Validate and encode one event; nothing is sent. `ttl`: seconds until it goes
-    stale (`Message.expires`), None: the route's default."""
+    stale (`Message.expires`), None: the route's default.
+
+    Every string that goes on the wire is checked to be a valid MQTT string (see
+    `strings`): the topic's parameters and length (`TopicError`), the user
+    properties and the correlation id (`PayloadValidationError` naming the field).
+    """
     wire = validate_payload(route, data)
     topic = route.topic(wire)
     timestamp = time.time()
@@ -169,20 +177,35 @@ def encode(
     )
     if route.topic_only:
         wire = {k: v for k, v in wire.items() if k not in route.topic_only}
-    props: list[tuple[str, str]] = [
-        ("id", event_id),
-        ("type", route.event_type._value_),
-        ("time", repr(timestamp)),
-    ]
+    type_value = route.event_type._value_
+    if type(type_value) is not str:  # a user's Enum of numbers
+        type_value = str(type_value)
+    time_text = repr(timestamp)
+    props: list[tuple[str, str]] = [("id", event_id), ("type", type_value), ("time", time_text)]
+    envelope = event_id + type_value + time_text
     if source:
         props.append(("source", source))
+        envelope += source
     if parent_id:
         props.append((PARENT, parent_id))
+        envelope += parent_id
     if metadata:
-        props.append(("metadata", to_json(metadata).decode()))
+        metadata_text = _metadata_json(route, metadata)
+        props.append(("metadata", metadata_text))
+        envelope += metadata_text
+    if correlation_id is not None:
+        envelope += correlation_id
+    # One scan for the common case: printable (see `strings.mqtt_string_problem`) and
+    # short enough that no value can be over the limit. Else each value is checked.
+    if not envelope.isprintable() or len(envelope) > _SHORT_ENOUGH:
+        _check_envelope(route, props, correlation_id, metadata)
+    try:
+        payload = to_json(wire)
+    except PydanticSerializationError as exc:
+        raise _unencodable(route, wire, exc) from None
     message = Message(
         topic,
-        to_json(wire),
+        payload,
         route.qos,
         route.retain,
         correlation_bytes(correlation_id) if correlation_id is not None else None,
@@ -196,6 +219,87 @@ def encode(
     if ttl is not None and ttl != math.inf:
         message.expires = time.monotonic() + ttl
     return event, message
+
+
+def _check_envelope(
+    route: Route,
+    props: list[tuple[str, str]],
+    correlation_id: str | None,
+    metadata: Mapping[str, Any] | None,
+) -> None:
+    """Raise `PayloadValidationError` naming the first envelope value (user property
+    or correlation id) that is not a valid MQTT string."""
+    values = [*props, ("correlation_id", correlation_id)] if correlation_id is not None else props
+    for field, value in values:
+        problem = mqtt_string_problem(value)
+        if problem is None:
+            continue
+        if field == "metadata" and metadata:  # name the key or value if one is to blame
+            _check_metadata_strings(route, metadata)
+        raise PayloadValidationError(
+            str(route.event_type.value), [field], f"{shown(value)} {problem}"
+        )
+
+
+def check_message(message: Message) -> None:
+    """Check the wire strings of a message built by hand (`EventBus.publish_message`):
+    the topic (`TopicError`) and every user-property key and value
+    (`PayloadValidationError`)."""
+    check_topic(message.topic)
+    for index, (key, value) in enumerate(message.user_properties):
+        for part, text in (("key", key), ("value", value)):
+            problem = mqtt_string_problem(text)
+            if problem is not None:
+                raise PayloadValidationError(
+                    "message",
+                    [f"user_properties[{index}].{part}"],
+                    f"{shown(text)} (on topic {shown(message.topic)}) {problem}",
+                )
+
+
+def _metadata_json(route: Route, metadata: Mapping[str, Any]) -> str:
+    """`metadata` as the JSON text of one user property.
+
+    Its strings (keys and values, at any depth) must be MQTT strings themselves,
+    also those JSON would escape (a control character): peers decode them and may
+    send them on (a topic level, a property). Printable JSON text without a
+    backslash holds no such string, and a short one none too long (the common case:
+    no walk through `metadata`).
+    """
+    try:
+        text = to_json(metadata).decode()
+    except PydanticSerializationError as exc:  # e.g. a lone surrogate: named below
+        _check_metadata_strings(route, metadata)
+        raise PayloadValidationError(
+            str(route.event_type.value), ["metadata"], f"not JSON: {exc}"
+        ) from None
+    if "\\" in text or len(text) > _SHORT_ENOUGH:  # what is not printable: by `encode`
+        _check_metadata_strings(route, metadata)
+    return text  # checked with the other user properties
+
+
+def _check_metadata_strings(route: Route, metadata: Mapping[str, Any]) -> None:
+    found = nested_string_problem(metadata, "metadata")
+    if found is not None:
+        where, problem = found
+        raise PayloadValidationError(str(route.event_type.value), [where], problem)
+
+
+def _unencodable(
+    route: Route, wire: dict[str, Any], exc: PydanticSerializationError
+) -> PayloadValidationError:
+    """The payload has a string without a UTF-8 form (a lone surrogate): name its field.
+    (Any other string may go in the payload: it is binary, and JSON escapes what it must.)"""
+    field = "payload"
+    for key, value in wire.items():
+        try:
+            to_json(value)
+        except PydanticSerializationError:
+            field = key
+            break
+    return PayloadValidationError(
+        str(route.event_type.value), [field], f"cannot be encoded as JSON: {exc}"
+    )
 
 
 def parse_json_object(payload: bytes) -> dict[str, Any]:

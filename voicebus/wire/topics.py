@@ -12,52 +12,64 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from ..errors import TopicError
+from .strings import MAX_STRING_BYTES, mqtt_string_problem, shown
 
-_FORBIDDEN_IN_PARAMETER = ("/", "+", "#", "\x00")
-MAX_TOPIC_BYTES = 65535
+MAX_TOPIC_BYTES = MAX_STRING_BYTES
+_SHORT_ENOUGH = MAX_TOPIC_BYTES // 4  # code points that fit however they encode
 
 
 def check_parameter(name: str, value: object) -> str:
-    """Return `value` as a topic segment, or raise `TopicError` saying why not."""
+    """Return `value` as one topic level, or raise `TopicError` naming `name` and why not.
+
+    A level is a non-empty MQTT string (see `strings.mqtt_string_problem`: no NUL,
+    control character, non-character or surrogate, at most 65,535 bytes) without
+    ``/``, ``+`` or ``#``.
+    """
     if not isinstance(value, str):
         raise TopicError(f"topic parameter {name!r} must be a string, got {value!r}")
     if not value:
         raise TopicError(f"topic parameter {name!r} is empty")
-    for char in _FORBIDDEN_IN_PARAMETER:
+    for char in "/+#":
         if char in value:
-            shown = "NUL" if char == "\x00" else repr(char)
             raise TopicError(
-                f"topic parameter {name!r}={value!r} contains {shown}, "
+                f"topic parameter {name!r}={shown(value)} contains {char!r}, "
                 "which cannot appear in one topic level"
             )
+    if not value.isprintable() or len(value) > _SHORT_ENOUGH:  # else surely valid
+        problem = mqtt_string_problem(value)
+        if problem is not None:
+            raise TopicError(f"topic parameter {name!r}={shown(value)} {problem}")
     return value
 
 
 def check_topic(topic: str) -> str:
-    """Validate a concrete topic name (for publishing)."""
+    """Validate a concrete topic name (for publishing): a valid MQTT string, no wildcard."""
     if not topic:
         raise TopicError("topic is empty")
     if "+" in topic or "#" in topic:
-        raise TopicError(f"topic {topic!r} contains a wildcard; publish needs a concrete topic")
-    if "\x00" in topic:
-        raise TopicError(f"topic {topic!r} contains NUL")
-    if len(topic.encode()) > MAX_TOPIC_BYTES:
-        raise TopicError("topic is longer than 65535 bytes")
+        raise TopicError(
+            f"topic {shown(topic)} contains a wildcard; publish needs a concrete topic"
+        )
+    problem = mqtt_string_problem(topic)
+    if problem is not None:
+        raise TopicError(f"topic {shown(topic)} {problem}")
     return topic
 
 
 def check_filter(topic_filter: str) -> str:
-    """Validate an MQTT subscription filter (``+`` one level, ``#`` last level)."""
+    """Validate an MQTT subscription filter (``+`` one level, ``#`` last level), a
+    valid MQTT string like a topic."""
     if not topic_filter:
         raise TopicError("topic filter is empty")
-    if "\x00" in topic_filter:
-        raise TopicError(f"topic filter {topic_filter!r} contains NUL")
+    problem = mqtt_string_problem(topic_filter)
+    if problem is not None:
+        raise TopicError(f"topic filter {shown(topic_filter)} {problem}")
     levels = topic_filter.split("/")
     for index, level in enumerate(levels):
         if "#" in level and (level != "#" or index != len(levels) - 1):
-            raise TopicError(f"topic filter {topic_filter!r}: '#' must be a whole last level")
+            raise TopicError(f"topic filter {shown(topic_filter)}: '#' must be a whole last level")
         if "+" in level and level != "+":
-            raise TopicError(f"topic filter {topic_filter!r}: '+' must be a whole level")
+            raise TopicError(f"topic filter {shown(topic_filter)}: '+' must be a whole level")
     return topic_filter
 
 
@@ -133,7 +145,8 @@ class TopicTemplate:
     """The subscription filter: every parameter replaced by ``+``."""
 
     def format(self, values: Mapping[str, object]) -> str:
-        """The concrete topic; each parameter checked with `check_parameter`."""
+        """The concrete topic; each parameter checked with `check_parameter`, the whole
+        topic's length too (the template's own levels were checked when it was made)."""
         if not self.parameters:
             return self.template
         out = []
@@ -145,7 +158,15 @@ class TopicTemplate:
                 out.append(check_parameter(name, values[name]))
             else:
                 out.append(level)
-        return "/".join(out)
+        topic = "/".join(out)
+        if len(topic) > _SHORT_ENOUGH:
+            size = len(topic.encode())  # the levels hold no surrogate
+            if size > MAX_TOPIC_BYTES:
+                raise TopicError(
+                    f"topic of {self.template!r} {shown(topic)} is {size} bytes long, "
+                    f"more than the {MAX_TOPIC_BYTES} of an MQTT topic"
+                )
+        return topic
 
     def parse(self, topic: str) -> dict[str, str] | None:
         """The parameters of `topic`, or ``None`` when it does not fit the template."""
