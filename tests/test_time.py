@@ -347,3 +347,26 @@ async def test_a_handler_that_swallows_the_cancellation_does_not_stop_dispatch(
     assert [d["reason"] for d in bus.get_dead_letter_queue()] == ["handler_timeout"]
     assert bus.get_stats()["metrics"]["handlers_cancelled"] == 1
     assert bus.is_running
+
+
+async def test_a_handler_may_cancel_its_own_utterance_and_finish(
+    bus: EventBus, peer: EventBus
+) -> None:
+    finished: list[str] = []
+    cancels = Collector("cancels")
+
+    async def barge_in(event: Event) -> None:
+        assert event.correlation_id is not None
+        await bus.cancel(event.correlation_id, reason="barge_in")
+        await asyncio.sleep(0.01)  # still running: it asked, it is not interrupted
+        finished.append(event.data["text"])
+
+    bus.subscribe(SPEECH, barge_in)
+    peer.subscribe(EventType.CANCELLED, cancels)
+    await bus.ready()
+    await peer.ready()
+    await peer.emit(SPEECH, {"text": "stop"}, correlation_id="u5")
+    (cancel,) = await cancels.wait(1)
+    await marker(peer, bus)
+    assert finished == ["stop"] and cancel.correlation_id == "u5"
+    assert bus.get_stats()["metrics"]["handlers_cancelled"] == 0

@@ -109,6 +109,8 @@ class Dispatcher:
         """Why the dispatch task was cancelled by `interrupt` (taken back after)."""
         self.cancelled_handlers = 0
         """Handler calls ended by `cancel_running` (not failures)."""
+        self._exempt: Event | None = None
+        """An event whose handler cancelled its own correlation id: not interrupted."""
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -303,9 +305,14 @@ class Dispatcher:
             timer.cancel()
 
     def interrupt(self, cause: BaseException) -> bool:
-        """Cancel the handler being awaited now (see the module doc); False when none is."""
+        """Cancel the handler being awaited now (see the module doc); False when none
+        is, or when the handler itself asks (it cancels its own utterance: it and the
+        other handlers of its event go on, the utterance's further events are dropped)."""
         task = self._task
         if self._awaiting is None or self._interrupt is not None or task is None:
+            return False
+        if asyncio.current_task() is task:
+            self._exempt = self._awaiting  # also from the echo of its cancellation
             return False
         self._interrupt = cause
         task.cancel()
@@ -314,7 +321,7 @@ class Dispatcher:
     def cancel_running(self, correlation_id: str, reason: str) -> bool:
         """Interrupt the running handler if its event has `correlation_id`."""
         event = self._awaiting
-        if event is None or event.correlation_id != correlation_id:
+        if event is None or event.correlation_id != correlation_id or event is self._exempt:
             return False
         return self.interrupt(Cancelled(reason))
 
