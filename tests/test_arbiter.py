@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import signal
 import time
 
 import pytest
 
-from tests.broker import Mosquitto
 from tests.helpers import Collector, marker
-from tests.test_cli import Background
 from voicebus import Event, EventBus, EventType, RequestCancelled
 from voicebus.arbiter import Arbiter, likelihood
 
@@ -82,20 +79,4 @@ def test_likelihood_reads_likelihood_then_confidence() -> None:
     assert likelihood(event(likelihood=True)) == 0.0
 
 
-async def test_voicebus_arbiter_runs_as_a_service(mosquitto: Mosquitto) -> None:
-    url = mosquitto.url()
-    with Background.voicebus("arbiter", url=url) as service:
-        await asyncio.to_thread(service.wait_for, "arbiter ready", "stdout", 20)
-        async with EventBus(url) as sat:
-            cancels = Collector("cancels")
-            sat.subscribe(EventType.CANCELLED, cancels)
-            await sat.ready()
-            for site, p in SITES:
-                await sat.emit(WAKE, {"siteId": site, "likelihood": p}, correlation_id=site)
-            got = await cancels.wait(2, timeout=10)
-        await asyncio.to_thread(service.wait_for, "wins", "stdout", 10)
-        code, text, err = service.finish(signal.SIGTERM)
-    assert code == 0, err
-    assert "kitchen (0.90) wins; cancelled: hall (0.60), office (0.70)" in text
-    assert sorted(e.correlation_id or "" for e in got) == ["hall", "office"]
-    assert {e.data["reason"] for e in got} == {"arbitration_lost"}
+# `voicebus arbiter` as a service (a subprocess on Mosquitto): tests/test_readme_commands.py
