@@ -333,7 +333,7 @@ async def test_a_handler_that_swallows_the_cancellation_does_not_stop_dispatch(
                 return  # swallowed: the deadline or the cancellation still counts
         handled.append(event.data["text"])
 
-    bus.subscribe(SPEECH, stubborn, timeout=1)
+    bus.subscribe(SPEECH, stubborn, timeout=0.3)
     await bus.ready()
     await bus.emit(SPEECH, {"text": "slow"})
     await eventually(lambda: handled, timeout=5)
