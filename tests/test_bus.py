@@ -72,7 +72,8 @@ async def test_sync_and_async_handlers_get_typed_events(bus: EventBus) -> None:
     assert event.topic == "hermes/asr/textCaptured"
     assert event.data["likelihood"] == 0.9  # Hermes default taken from confidence
     assert event.data["siteId"] == "default"
-    assert "sessionId" not in event.data  # optional fields never appear as None
+    assert "wakewordId" not in event.data and "lang" not in event.data  # None: never on the wire
+    assert event.data["sessionId"] == "req-1"  # the correlation id, for peers without MQTT 5
 
 
 async def test_filter_func_once_and_unsubscribe(bus: EventBus) -> None:

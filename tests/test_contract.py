@@ -137,7 +137,14 @@ def test_asyncapi_document_covers_every_route() -> None:
         assert message["x-voicebus-event-type"] == ident
         assert message.get("x-hermes-class") == route.hermes
         payload = _resolve(doc, message["payload"]["$ref"])
-        assert payload["type"] == "object"
+        if route.binary:  # raw bytes of the content type, declared over the trait's JSON
+            assert message["contentType"] == route.content_type == "audio/wav"
+            assert message["bindings"]["mqtt"]["contentType"] == "audio/wav"
+            assert payload["type"] == "string" and payload["format"] == "binary"
+            assert payload["contentMediaType"] == "audio/wav"
+        else:
+            assert message["contentType"] == "application/json"
+            assert payload["type"] == "object"
         for action in ("send", "receive"):
             operation = doc["operations"][f"{action}_{ident}"]
             assert operation["action"] == action
@@ -180,6 +187,15 @@ def test_payload_parameters_point_into_the_payload() -> None:
 def test_schema_file_is_the_model_on_the_wire(route: Any) -> None:
     schema = json.loads((TOPICS / "schemas" / f"{route.event_type.value}.json").read_text())
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    if route.binary:  # the payload is the raw bytes; every other key is in the topic
+        assert (schema["type"], schema["format"]) == ("string", "binary")
+        assert schema["contentMediaType"] == route.content_type
+        assert route.topic_only == set(route.template.parameters)
+        assert set(route.model.model_fields) - {"session_id"} == {
+            route.body,
+            *(_snake(p) for p in route.template.parameters),
+        }
+        return
     model = route.model.model_json_schema(by_alias=True)
     wire = set(model["properties"]) - route.topic_only
     assert set(schema["properties"]) == wire
@@ -189,6 +205,10 @@ def test_schema_file_is_the_model_on_the_wire(route: Any) -> None:
     assert _doc()["components"]["schemas"][str(route.event_type.value)] == {
         k: v for k, v in schema.items() if k != "$schema"
     }
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"([A-Z])", lambda m: "_" + m.group(1).lower(), name)
 
 
 def test_hermes_payloads_validate_against_the_schemas() -> None:

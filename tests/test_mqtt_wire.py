@@ -92,6 +92,7 @@ async def test_voicebus_publishes_plain_json_on_the_mapped_topic(mosquitto: Mosq
         "modelType": "personal",
         "currentSensitivity": 1.0,
         "confidence": 0.95,
+        "sessionId": "utt-1",  # the correlation id, for peers without MQTT 5
     }  # wakewordId lives in the topic only, as in Hermes
     assert "wake-1" in props and "wake_word_detected" in props
 
@@ -138,7 +139,11 @@ async def test_raw_aiomqtt_v5_peer_sees_envelope_properties(mosquitto: Mosquitto
         message = await asyncio.wait_for(anext(aiter(raw.messages)), 5)
     props = message.properties
     assert props is not None
-    assert json.loads(message.payload) == {"siteId": "default", "model": "llama"}  # type: ignore[arg-type]
+    assert json.loads(message.payload) == {  # type: ignore[arg-type]
+        "siteId": "default",
+        "model": "llama",
+        "sessionId": "c-1",  # the correlation id, also in the payload
+    }
     assert props.CorrelationData == b"c-1"
     user = dict(props.UserProperty)
     assert user["id"] == sent.id and user["type"] == "model_loaded" and user["source"] == "models"

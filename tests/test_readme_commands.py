@@ -194,6 +194,9 @@ def run_voicebus(s: Session, words: list[str]) -> None:
         assert "from wake word to sayFinished" in result.stdout
     if args[0] == "topics":
         assert "hermes/asr/textCaptured" in result.stdout
+    if args[0] == "satellite-config":
+        assert "bridge_protocol_version mqttv50" in result.stdout
+        assert f"address 127.0.0.1:{s.broker.port}" in result.stdout
 
 
 def run_timeline(s: Session, args: list[str]) -> None:

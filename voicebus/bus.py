@@ -22,7 +22,7 @@ from typing import Any
 
 from typing_extensions import Unpack
 
-from .config import CONFIG_FIELDS, BusConfig, BusSettings, check_applies
+from .config import CONFIG_FIELDS, BusConfig, BusSettings, check_applies, mqtt_protocol
 from .deadletters import FailureReporter
 from .errors import BusStateError, ConfigError, VoicebusError
 from .receive.broker_sync import BrokerFilters
@@ -82,6 +82,9 @@ class EventBus:
         self.config = replace(config or BusConfig(), **given)  # None: the default
         self._url = parse_url(resolve_url(url))
         check_applies(self.config, self._url.scheme)
+        self._mqtt311 = (
+            self._url.scheme != "memory" and mqtt_protocol(self.config, self._url.query) == "3.1.1"
+        )
         self.url = self._url.redacted()
         """The bus URL without its password."""
         prefix = uuid.uuid4().hex[:12]
@@ -289,6 +292,12 @@ class EventBus:
         """
         if not callable(handler):
             raise TypeError(f"handler must be callable, got {handler!r}")
+        if group and self._mqtt311:
+            raise ConfigError(
+                "group= needs MQTT 5 (the bus tells a group's copy apart by its "
+                "subscription identifier); this bus speaks 3.1.1: run one worker, or use "
+                "an MQTT 5 broker"
+            )
         topic_filter, etype = self._filter_for(event_type)
         sub = Subscription(
             topic_filter,

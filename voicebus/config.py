@@ -69,6 +69,9 @@ class MqttSettings:
     their handlers. The client's Receive Maximum is twice this: the broker's window
     (it sends no more QoS 1 messages while that many are unacknowledged), which
     also bounds what the transport holds while the bus is behind."""
+    protocol: str = "5"
+    """MQTT version: ``"5"``, or ``"3.1.1"`` for brokers without MQTT 5 (NATS, RabbitMQ
+    < 3.13; also ``?protocol=3.1.1`` in the URL): envelope in the payload, no ``group=``."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -124,6 +127,7 @@ class BusSettings(TypedDict, total=False):
     resend_window: float
     status: bool
     max_unacked: int
+    protocol: str
     max_queue_size: int
     enable_history: bool
     history_size: int
@@ -136,6 +140,18 @@ class BusSettings(TypedDict, total=False):
 
 
 MQTT_FIELDS = tuple(f.name for f in fields(MqttSettings))
+PROTOCOLS = ("5", "3.1.1")
+"""The MQTT versions `MqttSettings.protocol` accepts."""
+
+
+def mqtt_protocol(config: MqttSettings, query: dict[str, str]) -> str:
+    """The MQTT version a bus speaks: `config`'s, else the URL's ``?protocol=``,
+    else 5; `ConfigError` for any other."""
+    value = config.protocol if config.protocol != "5" else query.get("protocol", "5")
+    value = {"5.0": "5", "v5": "5", "3.1.1": "3.1.1", "311": "3.1.1"}.get(value, value)
+    if value not in PROTOCOLS:
+        raise ConfigError(f"protocol {value!r} is not supported: use \"5\" or \"3.1.1\"")
+    return value
 CONFIG_FIELDS = frozenset(f.name for f in fields(BusConfig))
 
 

@@ -40,6 +40,8 @@ from pydantic_core import to_json
 
 from .errors import DeadLetterNotFoundError, HandlerTimeout
 from .transport import Message
+from .wire.binary import body_of
+from .wire.correlation import sender_correlation
 from .wire.events import Event, EventType
 from .wire.routes import SYSTEM_PREFIXES
 
@@ -56,7 +58,6 @@ __all__ = [
     "DEAD_LETTER_PREFIX",
     "FailureReporter",
     "HANDLER_ERROR",
-    "HANDLER_TIMEOUT",
     "MAX_RECORD_PAYLOAD",
     "REPORT_BACKLOG",
     "RateLimit",
@@ -69,8 +70,6 @@ __all__ = [
 ]
 
 HANDLER_ERROR = "handler_error"
-HANDLER_TIMEOUT = "handler_timeout"
-"""The reason of a handler cancelled at its ``subscribe(..., timeout=)`` deadline."""
 
 
 def handler_failure(event: Event, handler: str, exc: BaseException) -> dict[str, Any]:
@@ -80,17 +79,22 @@ def handler_failure(event: Event, handler: str, exc: BaseException) -> dict[str,
         "error": str(exc) or type(exc).__name__,
         "handler": handler,
         "time": time.time(),
-        "reason": HANDLER_TIMEOUT if isinstance(exc, HandlerTimeout) else HANDLER_ERROR,
+        "reason": HandlerTimeout.reason if isinstance(exc, HandlerTimeout) else HANDLER_ERROR,
         "exception": type(exc).__name__,
         "topic": event.topic,
-        "payload": None,
+        "payload": body_of(event.data),  # a binary event's bytes; else its data as JSON
     }
 
 
 def inbound_failure(
-    message: Message, reason: str, error: str, event: Event | None
+    message: Message,
+    reason: str,
+    error: str,
+    event: Event | None,
+    correlation_id: str | None = None,
 ) -> dict[str, Any]:
-    """The record of a message that could not become an event (or was refused)."""
+    """The record of a message that could not become an event (or was refused);
+    `correlation_id` is the sender's (`sessionId` of the ERROR_OCCURRED event)."""
     return {
         "event": event,
         "error": error,
@@ -99,6 +103,7 @@ def inbound_failure(
         "reason": reason,
         "topic": message.topic,
         "payload": message.payload,
+        "correlation_id": correlation_id,
     }
 
 
@@ -110,7 +115,7 @@ def error_event_data(record: dict[str, Any], component: str) -> dict[str, Any]:
         "component": component,
         "context": record["reason"],
     }
-    if record["reason"] in (HANDLER_ERROR, HANDLER_TIMEOUT) and event is not None:
+    if record["reason"] in (HANDLER_ERROR, HandlerTimeout.reason) and event is not None:
         data["context"] = event.type.value
         data["handler"] = record["handler"]
         data["siteId"] = event.data.get("siteId") or "default"
@@ -125,9 +130,9 @@ def dead_letter_topic(dead_letter_id: str) -> str:
     return DEAD_LETTER_PREFIX + dead_letter_id
 
 
-def _envelope(event: Event | None) -> dict[str, Any] | None:
-    if event is None:
-        return None
+def _envelope(event: Event | None, correlation_id: str | None) -> dict[str, Any] | None:
+    if event is None:  # refused before decoding: only the sender's correlation id is known
+        return None if correlation_id is None else {"correlation_id": correlation_id}
     return {
         "id": event.id,
         "type": event.type.value,
@@ -173,7 +178,7 @@ def record_document(
         "payload_base64": b64,
         "payload_size": size,
         "payload_truncated": truncated,
-        "envelope": _envelope(event),
+        "envelope": _envelope(event, record.get("correlation_id")),
     }
 
 
@@ -291,8 +296,8 @@ class FailureReporter:
         """A handler, filter or middleware raised on `event`."""
         record = handler_failure(event, handler, exc)
         size = len(event.topic or "") + len(event.id) + len(event.source or "")
-        try:
-            size += len(to_json(event.data))  # what the record keeps alive
+        try:  # what the record keeps alive (a binary event: its bytes)
+            size += len(record["payload"] or to_json(event.data))
         except ValueError:  # an in-process payload JSON cannot hold: sized by its keys
             size += 64 * len(event.data)
         if self._logs.allow():
@@ -318,13 +323,18 @@ class FailureReporter:
             log.warning("dead letter from %s: %s", _shown(message.topic), error[:_SHOWN])
         else:
             log.debug("dead letter from %s: %s", _shown(message.topic), error[:_SHOWN])
-        record = inbound_failure(message, reason, error, event)
+        correlation_id = sender_correlation(
+            message.payload, message.correlation_data, event, self._max_payload
+        )
+        if event is not None:
+            event.correlation_id = correlation_id
+        record = inbound_failure(message, reason, error, event, correlation_id)
         size = len(message.payload) + len(message.topic) + len(message.correlation_data or b"")
         for key, value in message.user_properties:  # the record's event holds them decoded
             size += len(key) + len(value)
         self._dead_letter(record, size)
         if not message.topic.startswith("voicebus/error/"):
-            self._error_event(record, "bus", None)
+            self._error_event(record, "bus", correlation_id)
 
     def _dead_letter(self, record: dict[str, Any], size: int) -> None:
         record["id"] = os.urandom(8).hex()

@@ -94,6 +94,9 @@ class HandlerTimeout(VoicebusError, TimeoutError):
     """A handler ran past its ``subscribe(..., timeout=)`` deadline and was cancelled
     (dead letter reason ``handler_timeout``)."""
 
+    reason = "handler_timeout"
+    """The dead-letter reason of such a handler."""
+
 
 class PayloadTooLargeError(VoicebusError, ValueError):
     """An encoded payload exceeds the configured maximum size."""

@@ -26,6 +26,7 @@ from .asyncapi import payload_schema
 from .contract import contract_app
 from .demo import RUN_ID, Engines, Utterance, hop_summary, run_demo
 from .dlq import dlq_app
+from .satellite import satellite_config_command
 from .support import (
     MEMORY_NOTE,
     AsJson,
@@ -51,6 +52,7 @@ app = typer.Typer(
 app.add_typer(contract_app, name="contract")
 app.add_typer(dlq_app, name="dlq")
 app.command(name="arbiter")(arbiter)
+app.command("satellite-config")(satellite_config_command)
 
 
 def _version(value: bool) -> None:

@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
+from ..wire.binary import binary_schema
 from ..wire.codec import CONTENT_TYPE
 from ..wire.routes import ROUTES, Route, RouteTable
 
@@ -92,7 +93,18 @@ def _strip_titles(schema: Any) -> Any:
 
 
 def payload_schema(route: Route, ref_template: str = "#/$defs/{model}") -> dict[str, Any]:
-    """The JSON Schema of the route's wire payload (camelCase keys, topic-only keys removed)."""
+    """The JSON Schema of the route's wire payload (camelCase keys, topic-only keys removed);
+    a binary route's payload is a string of raw bytes of its content type."""
+    if route.binary:
+        schema = binary_schema(route.content_type)
+        schema["title"] = f"{route_title(route)} payload"
+        schema["description"] = (
+            f"{route.description} Topic: `{route.template.template}`. The payload is the"
+            f" raw `{route.content_type}` bytes, not JSON (`Event.data[{route.body!r}]`);"
+            " the topic parameters are restored into Event.data."
+            + (f" Wire-compatible with rhasspy-hermes `{route.hermes}`." if route.hermes else "")
+        )
+        return schema
     schema = route.model.model_json_schema(by_alias=True, ref_template=ref_template)
     schema = dict(_strip_titles(copy.deepcopy(schema)))
     properties = schema.get("properties", {})
@@ -159,11 +171,15 @@ def asyncapi(routes: RouteTable | None = None, version: str | None = None) -> di
             "name": ident,
             "title": route_title(route),
             "summary": route.description,
-            "contentType": CONTENT_TYPE,
+            "contentType": route.content_type,
             "payload": {"$ref": f"#/components/schemas/{ident}"},
             "traits": [{"$ref": "#/components/messageTraits/envelope"}],
             "x-voicebus-event-type": str(route.event_type.value),
         }
+        if route.binary:  # over the envelope trait's application/json
+            message["bindings"] = {
+                "mqtt": {"bindingVersion": MQTT_BINDING_VERSION, "contentType": route.content_type}
+            }
         if route.hermes:
             message["x-hermes-class"] = route.hermes
         if route.hermes or is_hermes_topic(route):

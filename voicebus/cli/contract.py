@@ -40,6 +40,8 @@ SCHEMA_DIR = "schemas"
 
 
 def _field_list(route: Route) -> str:
+    if route.binary:
+        return f"raw `{route.content_type}` bytes (`{route.body}`)"
     schema = payload_schema(route)
     required = set(schema.get("required", []))
     fields = [f"`{k}`" + ("*" if k in required else "") for k in schema.get("properties", {})]
@@ -73,9 +75,13 @@ def readme(routes: RouteTable | None = None) -> str:
         " key there). The envelope travels as MQTT 5 properties: user properties `id`,"
         " `type`, `source`, `time`, `metadata` (JSON), and the correlation id as"
         " Correlation Data, `parent` the id of the event whose handler emitted it;"
-        " *ttl*: seconds until an event goes stale (MQTT 5 Message Expiry; `-`: never;"
-        " `emit(..., ttl=)` overrides it). A message without them (e.g. from Rhasspy or"
-        " `mosquitto_pub`) gets a fresh id and its `sessionId` as correlation id.",
+        " a message without them (e.g. from Rhasspy or"
+        " `mosquitto_pub`) gets a fresh id and its `sessionId` as correlation id. Where"
+        " the payload has a `sessionId` field, the correlation id is also written into it"
+        " (unless set), so a peer without MQTT 5 keeps the session. Binary routes (Hermes"
+        " audio) carry raw `audio/wav` bytes as the payload, never JSON. *ttl*: seconds"
+        " until an event goes stale (MQTT 5 Message Expiry; `-`: never; `emit(...,"
+        " ttl=)` overrides it).",
         "",
         "Payload fields marked * are required; all others have defaults.",
         "",

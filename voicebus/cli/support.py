@@ -17,7 +17,8 @@ from ..bus import EventBus
 from ..config import BusConfig
 from ..errors import DecodeError, UnknownEventTypeError
 from ..transport import Message, Transport, open_transport, parse_url, resolve_url
-from ..wire.codec import InvalidMessage, correlation_text, decode
+from ..wire.codec import InvalidMessage, decode
+from ..wire.correlation import correlation_text
 from ..wire.events import Event, event_type_named
 from ..wire.routes import ROUTES, Route
 from ..wire.topics import check_filter

@@ -102,11 +102,15 @@ async def replay_dead_letter(
     event: Event | None = None
     found = bus.routes.match(topic)
     if doc.get("reason") == HANDLER_ERROR and found is not None:
-        data = parse_json_object(payload) if payload else {}
+        route, params = found
+        if route.body is not None:  # a binary event: its bytes and topic parameters
+            data: dict[str, Any] = {**params, route.body: payload}
+        else:
+            data = parse_json_object(payload) if payload else {}
         metadata = dict(envelope.get("metadata") or {})
         metadata["replay_of"] = dead_letter_id
         event = await bus.emit(
-            found[0].event_type,
+            route.event_type,
             data,
             source=envelope.get("source"),
             correlation_id=envelope.get("correlation_id"),

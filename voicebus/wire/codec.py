@@ -10,6 +10,12 @@ emitted this one: left out when there is none. Like ``id`` it is an opaque MQTT
 string, taken as it comes (an empty value counts as absent); ``id`` + ``parent``
 + correlation id make an utterance's causal tree (trace, record, replay).
 
+On a route with a ``sessionId`` field (`Route.session`) the correlation id is
+also written into the payload's ``sessionId`` unless the data sets one, so a peer
+without MQTT 5 (Rhasspy, Home Assistant) keeps the session; a message without
+Correlation Data takes its correlation id from ``sessionId``. A binary route
+(`Route.binary`, see `voicebus.wire.binary`) carries its bytes as the payload.
+
 Decoding treats every envelope value as untrusted:
 
 - ``time`` (seconds since the epoch) counts only when it parses as a finite
@@ -18,22 +24,13 @@ Decoding treats every envelope value as untrusted:
   ``event.metadata["voicebus.bad_time"]`` (`BAD_TIME`) holds what came, cut to
   64 characters and escaped to printable ASCII. An absent ``time`` is no problem
   and leaves no note.
-- Correlation Data is binary on the wire; `correlation_text` turns it into the
-  ``correlation_id`` string without losing anything: a value that is UTF-8 and a
-  plain printable string stays as it is, any other (not UTF-8, control or
-  non-characters, or text that itself looks like the escaped form) becomes
-  ``"b64:"`` + its base64. `correlation_bytes` is the exact inverse, used by
-  `encode`: a reply made with ``correlation_id=event.correlation_id`` carries the
-  original bytes back, and two different values never share one id. (So a
-  correlation id of your own of the form ``b64:<base64>`` stands for those bytes.)
+- Correlation Data is binary on the wire: `voicebus.wire.correlation` turns it
+  into the ``correlation_id`` string and back, losslessly.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import math
-import re
 import time
 from collections.abc import Callable, Mapping
 from enum import Enum
@@ -44,13 +41,16 @@ from pydantic_core import PydanticSerializationError, from_json, to_json
 
 from ..errors import DecodeError, PayloadValidationError
 from ..transport.base import Message
+from .binary import JSON, WAV, wav_problem
+from .correlation import correlation_bytes as correlation_bytes  # re-exported: the
+from .correlation import correlation_text as correlation_text  # codec's public pair
 from .events import Event
 from .models import Payload
 from .routes import Route, RouteTable
 from .strings import MAX_STRING_BYTES, mqtt_string_problem, nested_string_problem, shown
 from .topics import check_topic
 
-CONTENT_TYPE = "application/json"
+CONTENT_TYPE = JSON
 _SHORT_ENOUGH = MAX_STRING_BYTES // 4  # code points that fit an MQTT string however they encode
 
 PARENT = "parent"
@@ -59,47 +59,6 @@ BAD_TIME = "voicebus.bad_time"
 """The `Event.metadata` key noting a ``time`` property that was refused (see above)."""
 MAX_TIME = 253402300799.0
 """The latest ``time`` accepted: 9999-12-31T23:59:59Z (what `datetime` can show)."""
-_B64 = "b64:"
-_NOT_PLAIN = re.compile(
-    "[\x00-\x1f\x7f-\x9f\ufdd0-\ufdef"
-    + "".join(
-        f"{chr(plane | 0xFFFE)}{chr(plane | 0xFFFF)}" for plane in range(0, 0x110000, 0x10000)
-    )
-    + "]"
-)
-"""Code points that are no plain MQTT string: controls and non-characters."""
-
-
-def correlation_text(data: bytes) -> str:
-    """The `Event.correlation_id` for Correlation Data `data` (lossless; see above)."""
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        return _B64 + base64.b64encode(data).decode("ascii")
-    if _NOT_PLAIN.search(text) is None and _escaped(text) is None:
-        return text
-    return _B64 + base64.b64encode(data).decode("ascii")
-
-
-def correlation_bytes(correlation_id: str) -> bytes:
-    """The Correlation Data for `correlation_id`: the inverse of `correlation_text`."""
-    raw = _escaped(correlation_id)
-    return correlation_id.encode() if raw is None else raw
-
-
-def _escaped(text: str) -> bytes | None:
-    """The bytes `text` stands for when it is ``b64:`` + canonical base64 (of at least
-    one byte), else None."""
-    if not text.startswith(_B64) or len(text) == len(_B64):
-        return None
-    body = text[len(_B64) :]
-    try:
-        raw = base64.b64decode(body, validate=True)
-    except (binascii.Error, ValueError):
-        return None
-    return raw if base64.b64encode(raw).decode("ascii") == body else None
-
-
 def _envelope_time(raw: str | None) -> float | None:
     """The ``time`` property as a timestamp; None when absent or not sane."""
     if raw is None:
@@ -161,7 +120,12 @@ def encode(
     `strings`): the topic's parameters and length (`TopicError`), the user
     properties and the correlation id (`PayloadValidationError` naming the field).
     """
+    session = route.session and correlation_id is not None
+    if session and isinstance(data, Mapping) and _no_session(data):
+        data = {**data, "sessionId": correlation_id}  # before validation: it may be required
     wire = validate_payload(route, data)
+    if session and wire.get("sessionId") is None:  # a model instance without one
+        wire["sessionId"] = correlation_id
     topic = route.topic(wire)
     timestamp = time.time()
     event = Event(
@@ -175,8 +139,6 @@ def encode(
         topic,
         parent_id,
     )
-    if route.topic_only:
-        wire = {k: v for k, v in wire.items() if k not in route.topic_only}
     type_value = route.event_type._value_
     if type(type_value) is not str:  # a user's Enum of numbers
         type_value = str(type_value)
@@ -199,10 +161,16 @@ def encode(
     # short enough that no value can be over the limit. Else each value is checked.
     if not envelope.isprintable() or len(envelope) > _SHORT_ENOUGH:
         _check_envelope(route, props, correlation_id, metadata)
-    try:
-        payload = to_json(wire)
-    except PydanticSerializationError as exc:
-        raise _unencodable(route, wire, exc) from None
+    body = route.body
+    if body is not None:  # a binary route: the bytes are the payload
+        payload: bytes = wire[body]
+    else:
+        if route.topic_only:
+            wire = {k: v for k, v in wire.items() if k not in route.topic_only}
+        try:
+            payload = to_json(wire)
+        except PydanticSerializationError as exc:
+            raise _unencodable(route, wire, exc) from None
     message = Message(
         topic,
         payload,
@@ -210,7 +178,7 @@ def encode(
         route.retain,
         correlation_bytes(correlation_id) if correlation_id is not None else None,
         tuple(props),
-        CONTENT_TYPE,
+        route.content_type,
         (),
         True,
     )
@@ -219,6 +187,11 @@ def encode(
     if ttl is not None and ttl != math.inf:
         message.expires = time.monotonic() + ttl
     return event, message
+
+
+def _no_session(data: Mapping[str, Any]) -> bool:
+    """`data` sets no session (by wire key or attribute name)."""
+    return data.get("sessionId") is None and data.get("session_id") is None
 
 
 def _check_envelope(
@@ -366,6 +339,8 @@ def decode(message: Message, routes: RouteTable, new_id: Callable[[], str]) -> E
         message.topic,
         props.get(PARENT) or None,
     )
+    if route.body is not None:
+        return _decode_binary(route, params, message, event)
     try:
         raw = parse_json_object(message.payload)
     except DecodeError as exc:
@@ -379,6 +354,22 @@ def decode(message: Message, routes: RouteTable, new_id: Callable[[], str]) -> E
         session = data.get("sessionId")
         if isinstance(session, str):
             event.correlation_id = session
+    return event
+
+
+def _decode_binary(
+    route: Route, params: dict[str, str], message: Message, event: Event
+) -> Event:
+    """The event of a binary route: the topic parameters and the payload bytes as
+    they arrived (never JSON-decoded); a payload of the wrong kind is refused."""
+    payload = bytes(message.payload)
+    problem = wav_problem(payload) if route.content_type == WAV else None
+    if problem is not None:
+        raise InvalidMessage("not_wav", f"{route.event_type.value}: {problem}", event)
+    raw: dict[str, Any] = {**params, str(route.body): payload}
+    event.data = raw
+    if not message.validated:
+        _validate_inbound(route, raw, event)
     return event
 
 

@@ -48,6 +48,9 @@ class EventType(str, Enum):
     SYSTEM_STOPPED = "system_stopped"
     ERROR_OCCURRED = "error_occurred"
     HEALTH_CHECK = "health_check"
+    # Hermes audio: binary payloads (raw WAV bytes in ``data["wav"]``, never JSON)
+    AUDIO_FRAME = "audio_frame"
+    PLAY_BYTES = "play_bytes"
     # Time
     CANCELLED = "cancelled"
 

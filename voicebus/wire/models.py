@@ -13,6 +13,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, model_validator
 from pydantic.alias_generators import to_camel
 
+from .binary import WavBytes
+
 
 class Payload(BaseModel):
     """Base of every payload model: camelCase wire keys, extra keys kept."""
@@ -201,3 +203,38 @@ class ErrorPayload(Payload):
     context: str | None = None
     handler: str | None = None
     component: str = "bus"
+
+
+# --- Hermes audio: binary payloads (see wire/binary.py) ------------------------------
+
+
+class BinaryPayload(Payload):
+    """Base of the binary payloads: topic parameters and the bytes, nothing else.
+
+    The bytes are the whole payload, so no other key can travel: extra keys and a
+    ``sessionId`` are refused (the correlation id travels in Correlation Data).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="after")
+    def _no_session(self) -> BinaryPayload:
+        if self.session_id is not None:
+            raise ValueError(
+                "a binary payload has no room for sessionId; pass correlation_id= to emit "
+                "(it travels in the MQTT 5 Correlation Data)"
+            )
+        return self
+
+
+class AudioFrame(BinaryPayload):
+    """A chunk of microphone audio as a WAV file (Hermes ``AudioFrame``, binary)."""
+
+    wav: WavBytes
+
+
+class PlayBytes(BinaryPayload):
+    """A WAV file for a site to play (Hermes ``AudioPlayBytes``, binary)."""
+
+    request_id: str
+    wav: WavBytes

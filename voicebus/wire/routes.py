@@ -7,12 +7,13 @@ published contract in ``topics/`` are all derived from it.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
 from ..errors import TopicError, UnknownEventTypeError
 from . import models as m
+from .binary import JSON, OCTETS, WAV, WAV_KEY
 from .cache import TopicCache
 from .events import EventType
 from .topics import TopicTemplate
@@ -33,6 +34,13 @@ class Route:
     restored into `Event.data` from the topic when receiving. `ttl` is the default
     lifetime in seconds of an event of this route (None: it never goes stale; see
     `DEFAULT_TTLS`), overridden by ``emit(..., ttl=)``.
+
+    `body` makes the route binary: that `Event.data` key holds the raw payload
+    bytes (of `content_type`), every other key is a topic parameter (see
+    `voicebus.wire.binary`). `session` (derived: a JSON route whose model has a
+    ``sessionId`` field) means `encode` writes the correlation id into the
+    payload's ``sessionId`` unless the data sets one, so a peer that sees only
+    topic and payload (Rhasspy, Home Assistant, MQTT 3.1.1) keeps the session.
     """
 
     event_type: Enum
@@ -44,6 +52,21 @@ class Route:
     hermes: str | None = None
     description: str = ""
     ttl: float | None = None
+    body: str | None = None
+    content_type: str = JSON
+    session: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        fields = self.model.model_fields
+        has_session = "session_id" in fields or "sessionId" in fields or any(
+            info.alias == "sessionId" for info in fields.values()
+        )
+        object.__setattr__(self, "session", self.body is None and has_session)
+
+    @property
+    def binary(self) -> bool:
+        """The payload is raw bytes (`body`), never JSON."""
+        return self.body is not None
 
     @property
     def filter(self) -> str:
@@ -62,16 +85,20 @@ def _route(
     *,
     topic_only: tuple[str, ...] = (),
     hermes: str | None = None,
+    body: str | None = None,
 ) -> Route:
     doc = (model.__doc__ or "").strip().splitlines()[0]
+    topic = TopicTemplate(template)
     return Route(
         event_type,
-        TopicTemplate(template),
+        topic,
         model,
-        frozenset(topic_only),
+        frozenset(topic.parameters if body is not None else topic_only),
         hermes=hermes,
         description=doc,
         ttl=DEFAULT_TTLS.get(event_type),
+        body=body,
+        content_type=JSON if body is None else WAV,
     )
 
 
@@ -86,6 +113,10 @@ DEFAULT_TTLS: dict[Enum, float] = {
     EventType.MODEL_DOWNLOAD_PROGRESS: 30.0,
     EventType.HEALTH_CHECK: 30.0,  # a health report stands for the moment it was made
     EventType.CANCELLED: 30.0,  # as long as `cancel_window`: nothing to cancel later
+    # live audio: a frame is for the recogniser listening now; played audio minutes late
+    # (after a reconnect) would speak an answer to a question nobody remembers asking
+    EventType.AUDIO_FRAME: 2.0,
+    EventType.PLAY_BYTES: 30.0,
 }
 """Default `Route.ttl` per event type, in seconds. Not listed, never stale: results
 and notifications (a transcript, a response, ``model_loaded``, errors) stay true
@@ -150,6 +181,21 @@ def _default_routes() -> list[Route]:
             topic_only=("component",),
         ),
         _route(e.HEALTH_CHECK, "voicebus/system/health", m.SystemPayload),
+        # Hermes audio: binary payloads (raw WAV bytes in data["wav"], never JSON)
+        _route(
+            e.AUDIO_FRAME,
+            "hermes/audioServer/{siteId}/audioFrame",
+            m.AudioFrame,
+            hermes="AudioFrame",
+            body=WAV_KEY,
+        ),
+        _route(
+            e.PLAY_BYTES,
+            "hermes/audioServer/{siteId}/playBytes/{requestId}",
+            m.PlayBytes,
+            hermes="AudioPlayBytes",
+            body=WAV_KEY,
+        ),
         _route(e.CANCELLED, "voicebus/cancelled", m.Cancelled),
     ]
 
@@ -248,19 +294,29 @@ def register_route(
     qos: int = 1,
     retain: bool = False,
     replace: bool = False,
+    body: str | None = None,
+    content_type: str = OCTETS,
     ttl: float | None = None,
 ) -> Route:
-    """Register a user event type: ``register_route(MyEvents.BEEP, "myapp/beep", Beep)``;
-    `ttl`: seconds after which its events go stale (None: never)."""
+    """Register a user event type: ``register_route(MyEvents.BEEP, "myapp/beep", Beep)``.
+
+    With `body` the route is binary: that key of the data (a ``bytes`` field of
+    `model`) is the whole payload, of `content_type` (``audio/wav`` payloads must be
+    RIFF/WAVE files); every topic parameter then travels in the topic only. `ttl`:
+    seconds after which its events go stale (None: never).
+    """
+    template = TopicTemplate(topic)
     route = Route(
         event_type,
-        TopicTemplate(topic),
+        template,
         model,
-        frozenset(topic_only),
+        frozenset(template.parameters if body is not None else topic_only),
         qos=qos,
         retain=retain,
         ttl=ttl,
         description=((model.__doc__ or "").strip().splitlines() or [""])[0],
+        body=body,
+        content_type=JSON if body is None else content_type,
     )
     return ROUTES.register(route, replace=replace)
 

@@ -66,3 +66,16 @@ def subscribe_error(url: str, topic_filter: str, code: Any) -> VoicebusError | N
     if value == _TOPIC_FILTER_INVALID:
         return TopicError(f"{url} refused subscription {topic_filter!r} ({code})")
     return TransportError(f"{url} refused subscription {topic_filter!r} ({code})")
+
+
+_NOT_A_REFUSAL = frozenset({0x8B, 0x8D, 0x8E, 0x9C, 0x9D})
+"""DISCONNECT reason codes that say nothing about what we sent: server shutting
+down, keepalive timeout, session taken over, use another server, server moved."""
+
+
+def refusal(said: list[int]) -> bool:
+    """Did the broker close the link over something we sent? Only when it said so
+    with a DISCONNECT (Mosquitto: 0x81 malformed packet): a link that just broke
+    looks the same whether the broker crashed, restarted or refused, and a
+    message must not be dropped for a broker restart."""
+    return bool(said) and said[-1] >= 0x80 and said[-1] not in _NOT_A_REFUSAL

@@ -31,7 +31,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ...wire.status import OFFLINE
 from ..base import Message
-from ..url import BusURL
+from ..url import Address
 from .options import MqttOptions
 from .paho_internals import (
     close_socket,
@@ -61,16 +61,20 @@ class LinkLost(Exception):
     """The connection an operation was running on dropped."""
 
 
-def new_client(url: BusURL, options: MqttOptions, tls: ssl.SSLContext | None) -> aiomqtt.Client:
-    """A fresh, unconnected aiomqtt client (a reused paho client re-sends its own
-    in-flight messages on reconnect, which duplicates them)."""
+def new_client(
+    address: Address, options: MqttOptions, tls: ssl.SSLContext | None
+) -> aiomqtt.Client:
+    """A fresh, unconnected aiomqtt client for the broker at `address` (a reused paho
+    client re-sends its own in-flight messages on reconnect, which duplicates them)."""
     o = options
-    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-    # Flow control: the broker sends no more QoS 1 messages while this many are
-    # unacknowledged (`receiver.py`: what a paused bus holds is bounded by it).
-    props.ReceiveMaximum = o.receive_maximum
-    if o.session_expiry:
-        props.SessionExpiryInterval = int(o.session_expiry)
+    props: Properties | None = None
+    if o.v5:
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        # Flow control: the broker sends no more QoS 1 messages while this many are
+        # unacknowledged (`receiver.py`: what a paused bus holds is bounded by it).
+        props.ReceiveMaximum = o.receive_maximum
+        if o.session_expiry:
+            props.SessionExpiryInterval = int(o.session_expiry)
     will = None
     if o.will is not None:
         will = aiomqtt.Will(o.will.topic, o.will.payload, o.will.qos, o.will.retain)
@@ -80,15 +84,17 @@ def new_client(url: BusURL, options: MqttOptions, tls: ssl.SSLContext | None) ->
             will = aiomqtt.Will(topic, OFFLINE, 1, True)
     persistent = bool(o.session_expiry)
     return aiomqtt.Client(
-        url.host,
-        url.port,
+        address[0],
+        address[1],
         identifier=o.client_id or None,
         username=o.username,
         password=o.password,
-        protocol=aiomqtt.ProtocolVersion.V5,
+        protocol=aiomqtt.ProtocolVersion.V5 if o.v5 else aiomqtt.ProtocolVersion.V311,
         keepalive=o.keepalive,
         timeout=o.connect_timeout,
-        clean_start=not persistent,
+        # 3.1.1 has no session expiry: a persistent session is clean_session false
+        clean_start=not persistent if o.v5 else paho_mqtt.MQTT_CLEAN_START_FIRST_ONLY,
+        clean_session=None if o.v5 else not persistent,
         properties=props,
         tls_context=tls,
         # Without TCP_NODELAY a PUBACK followed by a small publish waits for the
@@ -220,10 +226,18 @@ async def until_lost(client: aiomqtt.Client, operation: Coroutine[Any, Any, T]) 
 
 
 async def subscribe_on(
-    client: aiomqtt.Client, topic_filter: str, subscription_id: int, qos: int, resubscribe: bool
+    client: aiomqtt.Client,
+    topic_filter: str,
+    subscription_id: int,
+    qos: int,
+    resubscribe: bool,
+    v5: bool = True,
 ) -> list[Any]:
-    """Subscribe `topic_filter` on `client`, its messages tagged with `subscription_id`;
-    the broker's reason codes, as paho gives them (`LinkLost` if the link drops meanwhile)."""
+    """Subscribe `topic_filter` on `client`, its messages tagged with `subscription_id`
+    (MQTT 5; 3.1.1 has neither identifiers nor options); the broker's reason codes,
+    as paho gives them (`LinkLost` if the link drops meanwhile)."""
+    if not v5:
+        return list(await until_lost(client, client.subscribe(topic_filter, qos)))
     props = Properties(PacketTypes.SUBSCRIBE)  # type: ignore[no-untyped-call]
     props.SubscriptionIdentifier = subscription_id
     # On a re-subscribe, retained messages only come for a subscription the broker

@@ -6,7 +6,7 @@ from __future__ import annotations
 import ssl
 from dataclasses import dataclass
 
-from ...config import MQTT_FIELDS, MqttSettings
+from ...config import MQTT_FIELDS, MqttSettings, mqtt_protocol
 from ...errors import TLSError
 from ...wire.status import status_topic
 from ..base import Message
@@ -44,8 +44,14 @@ class MqttOptions(MqttSettings):
             cert_file=s.cert_file or q.get("cert"),
             key_file=s.key_file or q.get("key"),
             tls_insecure=s.tls_insecure or q.get("insecure", "") in ("1", "true", "yes"),
+            protocol=mqtt_protocol(s, q),
         )
         return cls(client_id=client_id or q.get("client_id", ""), will=will, **values)
+
+    @property
+    def v5(self) -> bool:
+        """MQTT 5 (else 3.1.1: no properties, the envelope in the payload)."""
+        return self.protocol != "3.1.1"
 
     @property
     def receive_maximum(self) -> int:

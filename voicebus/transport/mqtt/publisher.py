@@ -37,14 +37,20 @@ from collections.abc import Callable
 import paho.mqtt.client as paho_mqtt
 from paho.mqtt.enums import MQTTErrorCode
 
-from ...errors import PayloadTooLargeError, PublishTimeoutError, TransportError
+from ...errors import (
+    PayloadTooLargeError,
+    PayloadValidationError,
+    PublishTimeoutError,
+    TransportError,
+)
+from ...wire.envelope311 import fold
 from ...wire.topics import check_topic
 from ..base import Message
 from .errors import publish_error
 from .link import LinkLost
 from .options import MqttOptions
 from .outbox import REQUEUED, Outbox
-from .properties import pack_message_properties
+from .properties import PackedProperties, pack_message_properties
 
 log = logging.getLogger("voicebus.mqtt")
 
@@ -137,10 +143,10 @@ class Publisher:
             self._check_open()
             self.outbox.put(message)
             return
-        props = pack_message_properties(message)
-        if self.over_broker_limit(message, props.packed):
+        payload, props = self.wire(message)
+        if self.over_broker_limit(message, props.packed if props else b""):
             raise self.too_large(message)
-        info = paho.publish(message.topic, message.payload, message.qos, message.retain, props)  # type: ignore[arg-type]
+        info = paho.publish(message.topic, payload, message.qos, message.retain, props)  # type: ignore[arg-type]
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
                 self._check_open()
@@ -166,19 +172,33 @@ class Publisher:
         if self.options.resend_window and code != REQUEUED:  # requeued: not acknowledged
             self.outbox.acknowledged(message)
 
+    def wire(self, message: Message) -> tuple[bytes, PackedProperties | None]:
+        """Payload and packed properties of `message` as this link's protocol sends
+        it: MQTT 5 properties, or over 3.1.1 the envelope folded into the payload
+        (`wire/envelope311.py`)."""
+        if self.options.v5:
+            return message.payload, pack_message_properties(message)
+        return fold(
+            message.topic, message.payload, message.correlation_data, message.user_properties
+        ), None
+
     def send(self, paho: paho_mqtt.Client, message: Message) -> asyncio.Future[int] | None:
         """Publish on `paho`; the PUBACK future for QoS 1 (registered in flight).
 
         A message too large for the broker (a packet over its Maximum Packet Size
         gets us disconnected) is not sent but refused, like a direct `publish`.
         """
-        props = pack_message_properties(message)
-        if self.over_broker_limit(message, props.packed):
+        try:
+            payload, props = self.wire(message)
+        except PayloadValidationError as exc:  # 3.1.1: a payload with its own "_vb"
+            self.undeliverable(message, exc)
+            return None
+        if self.over_broker_limit(message, props.packed if props else b""):
             self.undeliverable(message, self.too_large(message))
             return None
         info = paho.publish(
             message.topic,
-            message.payload,
+            payload,
             message.qos,
             message.retain,
             props,  # type: ignore[arg-type]

@@ -36,9 +36,10 @@ from typing import Any, cast
 
 import paho.mqtt.client as paho_mqtt
 
+from ...wire.envelope311 import unfold
 from ..base import Message, MessageCallback
 from .paho_internals import take_over_publish
-from .properties import MalformedProperties, unpack_publish_properties
+from .properties import MalformedProperties, PublishProperties, unpack_publish_properties
 
 log = logging.getLogger("voicebus.mqtt")
 
@@ -107,6 +108,7 @@ class Acks:
         self._paho = None
         self._pending.clear()
 
+
 class Receiver:
     """The receive side of one transport, across its links: delivers received
     messages, or holds them while paused (see the module docstring)."""
@@ -118,7 +120,10 @@ class Receiver:
         *,
         defer_acks: bool = False,
         max_unacked: int = 10,
+        v5: bool = True,
     ) -> None:
+        self._v5 = v5
+        """MQTT 5: PUBLISH packets carry properties (3.1.1: none; `unfold` the envelope)."""
         self._deliver = deliver
         self._is_copy = is_copy
         self._defer_acks = defer_acks
@@ -172,7 +177,7 @@ class Receiver:
             qos = (header & 0x06) >> 1
             if qos == 2:
                 return False
-            message = parse_publish(data, header, qos)
+            message = parse_publish(data, header, qos, self._v5)
             mid = 0
             if qos == 1:
                 pos = 2 + int.from_bytes(data[0:2], "big")
@@ -216,10 +221,7 @@ class Receiver:
             if message is None:
                 return
             size = len(message.payload)
-            if (
-                self._held_qos0 >= QOS0_HELD_MAX
-                or self._held_qos0_bytes + size > QOS0_HELD_BYTES
-            ):
+            if self._held_qos0 >= QOS0_HELD_MAX or self._held_qos0_bytes + size > QOS0_HELD_BYTES:
                 self.dropped_qos0 += 1
                 if self.dropped_qos0 == 1 or self.dropped_qos0 % 1000 == 0:
                     log.warning(
@@ -262,9 +264,11 @@ class Receiver:
                 acks.release(cast(PendingAck, message.ack))
 
 
-def parse_publish(data: bytearray, header: int, qos: int) -> Message | None:
+def parse_publish(data: bytearray, header: int, qos: int, v5: bool = True) -> Message | None:
     """The message in a PUBLISH packet (variable header and payload); None, logged,
-    for a malformed one."""
+    for a malformed one. A message without user properties (any 3.1.1 one, or from a
+    3.1.1 peer) on a ``voicebus/`` topic has its ``_vb`` envelope unfolded
+    (`wire/envelope311.py`)."""
     size = int.from_bytes(data[0:2], "big")
     pos = 2 + size
     try:
@@ -274,11 +278,26 @@ def parse_publish(data: bytearray, header: int, qos: int) -> Message | None:
         return None
     if qos:
         pos += 2
-    try:
-        props, pos = unpack_publish_properties(data, pos)
-    except MalformedProperties as exc:
-        log.warning("malformed properties on %s: %s", topic, exc)
-        return None
+    if not v5:
+        props = PublishProperties()
+    else:
+        try:
+            props, pos = unpack_publish_properties(data, pos)
+        except MalformedProperties as exc:
+            log.warning("malformed properties on %s: %s", topic, exc)
+            return None
+    if not props.user_properties and (folded := unfold(topic, bytes(data[pos:]))):
+        payload, props.correlation_data, props.user_properties = folded
+        return Message(
+            topic,
+            payload,
+            qos,
+            bool(header & 0x01),
+            props.correlation_data,
+            props.user_properties,
+            props.content_type,
+            props.subscription_ids,
+        )
     return Message(
         topic,
         bytes(data[pos:]),

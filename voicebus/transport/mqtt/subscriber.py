@@ -8,13 +8,14 @@ their subscription identifiers, are `SessionFilters` (`session_filters.py`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import aiomqtt
 
-from ...errors import TransportError
+from ...errors import ConfigError, TransportError
 from ...wire.topics import check_filter
 from .errors import subscribe_error
 from .link import LinkLost, subscribe_on, until_lost
@@ -22,6 +23,9 @@ from .options import MqttOptions
 from .session_filters import SessionFilters
 
 log = logging.getLogger("voicebus.mqtt")
+
+RESUBSCRIBE_TRIES = 8
+"""Attempts at one re-subscription the broker fails without refusing it."""
 
 Step = Callable[[Coroutine[Any, Any, Any], str], Awaitable[None]]
 """Runs one step of resuming a session: ``step(operation, what)``."""
@@ -44,6 +48,11 @@ class Subscriber:
     ) -> None:
         """Subscribe on `client`, or on the next link when there is none now."""
         check_filter(topic_filter)
+        if topic_filter.startswith("$share/") and not self.options.v5:
+            raise ConfigError(
+                f"group subscriptions need MQTT 5 (subscription identifiers tell a "
+                f"group's copy apart); {self.url} speaks 3.1.1: subscribe without group="
+            )
         self.filters.add(topic_filter, subscription_id)
         if client is None:
             return
@@ -80,8 +89,25 @@ class Subscriber:
             await step(unsubscribing, f"unsubscribing {topic_filter!r}")
         filters.dropped.clear()
         for topic_filter, sid in list(filters.ids.items()):
-            subscribing = self._subscribe_on(client, topic_filter, sid, 1, resubscribe=True)
+            subscribing = self._retrying(client, topic_filter, sid)
             await step(subscribing, f"re-subscribing {topic_filter!r}")
+
+    async def _retrying(self, client: aiomqtt.Client, topic_filter: str, sid: int) -> None:
+        """Re-subscribe, again with backoff (up to `RESUBSCRIBE_TRIES`) while the broker
+        fails without saying no (a timeout, an unspecified refusal: a cluster still
+        electing leaders after losing a node); a denied or invalid filter fails at once."""
+        for attempt in range(RESUBSCRIBE_TRIES):
+            try:
+                await self._subscribe_on(client, topic_filter, sid, 1, resubscribe=True)
+                return
+            except (aiomqtt.MqttError, TransportError, TimeoutError) as exc:
+                if type(exc) not in (TransportError, aiomqtt.MqttError, TimeoutError):
+                    raise
+                if attempt + 1 == RESUBSCRIBE_TRIES:
+                    raise
+                log.info("re-subscribing %r failed (%s); trying again", topic_filter, exc)
+                self.filters.add(topic_filter, sid)  # a refusal took it out
+                await asyncio.sleep(self.options.backoff(attempt))
 
     async def _subscribe_on(
         self,
@@ -93,7 +119,9 @@ class Subscriber:
         resubscribe: bool = False,
     ) -> None:
         try:
-            codes = await subscribe_on(client, topic_filter, subscription_id, qos, resubscribe)
+            codes = await subscribe_on(
+                client, topic_filter, subscription_id, qos, resubscribe, self.options.v5
+            )
         except aiomqtt.MqttError as exc:
             raise TransportError(f"cannot subscribe {topic_filter!r}: {exc}") from None
         for code in codes:

@@ -12,6 +12,10 @@ users, composed from one module per concept:
   dropped silently). QoS 1 messages still waiting for their PUBACK when the link
   drops are put back at the head of the outbox and sent again (receivers
   de-duplicate by source and event id).
+- **Failover** (`failover.py`): a URL may name several brokers; the first that
+  answers is used, and each reconnect attempt goes to the next.
+- **MQTT 3.1.1** (``protocol="3.1.1"``): no properties; the envelope is folded
+  into the payload on ``voicebus/`` topics (`wire/envelope311.py`).
 - **Status**: a retained ``voicebus/status/<clientId>`` ``online`` on every
   connect, ``offline`` on `close` and as the Last Will.
 - **Flow control** (`receiver.py`): `pause_reading` never stops reading the
@@ -47,7 +51,8 @@ from ...errors import (
 from ...wire.status import OFFLINE, ONLINE
 from ..base import Message, MessageCallback
 from ..url import BusURL
-from .errors import BROKER_HINT, connect_error
+from .errors import BROKER_HINT, connect_error, refusal
+from .failover import Brokers
 from .link import (
     LinkLost,
     enter,
@@ -73,6 +78,7 @@ class MqttTransport:
     def __init__(self, url: BusURL, options: MqttOptions) -> None:
         self.url = url.redacted()
         self._url = url
+        self._brokers = Brokers(url.brokers)
         self.options = options
         self._link: aiomqtt.Client | None = None  # the current link (its aiomqtt client)
         self._paho: paho_mqtt.Client | None = None
@@ -104,6 +110,11 @@ class MqttTransport:
     @property
     def connected(self) -> bool:
         return self._link is not None
+
+    @property
+    def broker(self) -> str:
+        """The ``host:port`` in use (or last tried) of the URL's broker addresses."""
+        return str(self._brokers)
 
     @property
     def online(self) -> bool:
@@ -143,10 +154,11 @@ class MqttTransport:
             self._subscriber.filters.is_copy,
             defer_acks=defer_acks,
             max_unacked=self.options.max_unacked,
+            v5=self.options.v5,
         )
         self._closing = False
         self._failed = None
-        client = await self._open()
+        client = await self._open_first()
         try:
             if not await self._resume(client):
                 raise BrokerUnavailableError(
@@ -163,11 +175,21 @@ class MqttTransport:
             self._supervise(), name=f"voicebus-mqtt-{self.options.client_id}"
         )
 
+    async def _open_first(self) -> aiomqtt.Client:
+        """Connect to the first broker address that answers (`failover.py`)."""
+        for _ in range(len(self._brokers) - 1):
+            try:
+                return await self._open()
+            except BrokerUnavailableError as exc:
+                log.warning("%s did not answer (%s); trying the next address", self.broker, exc)
+                self._brokers.advance()
+        return await self._open()
+
     async def _open(self) -> aiomqtt.Client:
         """A fresh, connected aiomqtt client with our hot paths installed."""
         receiver = self._receiver
         assert receiver is not None  # made by `connect`
-        client = new_client(self._url, self.options, self._tls_context())
+        client = new_client(self._brokers.current, self.options, self._tls_context())
         said: list[int] = []  # the reason of a DISCONNECT the broker sent, if it did
         acks = install(client, self._inflight, receiver, self._connack, said.append)
         try:
@@ -202,7 +224,7 @@ class MqttTransport:
             return
         reason = error or "the broker closed the connection"
         log.warning("connection to %s lost: %s", self.url, reason)
-        self._publisher.requeue(_refusal(said), reason)  # wakes the PUBACK waiters
+        self._publisher.requeue(refusal(said), reason)  # wakes the PUBACK waiters
         if not self.options.reconnect:
             self._failed = TransportError(f"connection to {self.url} lost: {reason}")
         self._link_lost.set()
@@ -236,6 +258,8 @@ class MqttTransport:
         while not self._closing:
             await asyncio.sleep(self.options.backoff(attempt))
             attempt += 1
+            if len(self._brokers) > 1:  # failover: each attempt goes to the next address
+                self._brokers.advance()
             try:
                 client = await self._open()
             except (AuthenticationError, TLSError) as exc:
@@ -250,8 +274,9 @@ class MqttTransport:
             if await self._resume(client):
                 self.reconnects += 1
                 log.info(
-                    "reconnected to %s (session %s)",
+                    "reconnected to %s at %s (session %s)",
                     self.url,
+                    self.broker,
                     "resumed" if self.session_present else "new",
                 )
                 return
@@ -385,16 +410,3 @@ class MqttTransport:
         """Hand over what was held, then messages as they come."""
         if self._receiver is not None:
             self._receiver.resume()
-
-
-_NOT_A_REFUSAL = frozenset({0x8B, 0x8D, 0x8E, 0x9C, 0x9D})
-"""DISCONNECT reason codes that say nothing about what we sent: server shutting
-down, keepalive timeout, session taken over, use another server, server moved."""
-
-
-def _refusal(said: list[int]) -> bool:
-    """Did the broker close the link over something we sent? Only when it said so
-    with a DISCONNECT (Mosquitto: 0x81 malformed packet): a link that just broke
-    looks the same whether the broker crashed, restarted or refused, and a
-    message must not be dropped for a broker restart."""
-    return bool(said) and said[-1] >= 0x80 and said[-1] not in _NOT_A_REFUSAL
