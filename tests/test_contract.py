@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -153,6 +154,7 @@ def test_asyncapi_document_covers_every_route() -> None:
                 "bindingVersion": "0.2.0",
                 "qos": route.qos,
                 "retain": route.retain,
+                **({} if route.ttl is None else {"messageExpiryInterval": math.ceil(route.ttl)}),
             }
 
 
@@ -247,7 +249,7 @@ def test_hermes_payloads_validate_against_the_schemas() -> None:
 
 def test_readme_table() -> None:
     text = (TOPICS / "README.md").read_text("utf-8")
-    assert "| EventType | topic | QoS | retain | payload fields | Hermes class |" in text
+    assert "| EventType | topic | QoS | retain | ttl | payload fields | Hermes class |" in text
     for route in ROUTES:
         row = next(
             line for line in text.splitlines() if line.startswith(f"| {route.event_type.name} |")
@@ -256,6 +258,8 @@ def test_readme_table() -> None:
         if route.hermes:
             assert f"`{route.hermes}`" in row
         assert f"schemas/{route.event_type.value}.json" in row
+        ttl = "-" if route.ttl is None else f"{route.ttl:g}"
+        assert row.split(" | ")[4] == ttl, row
 
 
 # --- @asyncapi/parser (npm) ---------------------------------------------------------------

@@ -24,8 +24,8 @@ from tests.helpers import Collector
 from tests.test_cli import Background, mosquitto_pub, voicebus
 from voicebus import Event, EventBus, EventType
 from voicebus.transport import Message
-from voicebus.wire.codec import BAD_TIME, correlation_bytes, correlation_text, decode
-from voicebus.wire.routes import ROUTES
+from voicebus.wire.codec import BAD_TIME, correlation_bytes, correlation_text, decode, encode
+from voicebus.wire.routes import ROUTES, Route
 
 SPEECH = "hermes/asr/textCaptured"
 REPLY = "voicebus/dialogueManager/responseGenerated"
@@ -170,3 +170,29 @@ def test_listen_count_ends_over_messages_whose_time_is_nan(
     if as_json:
         records = [json.loads(line) for line in lines]
         assert all(isinstance(r["time"], float) and r["time"] > 0 for r in records)
+
+
+def test_parent_id_travels_as_the_parent_user_property() -> None:
+    route = ROUTES.get(EventType.RESPONSE_GENERATED)
+    event, message = encode_event(route, parent_id="abc-1")
+    assert event.parent_id == "abc-1"
+    assert ("parent", "abc-1") in message.user_properties
+    assert decode(message, ROUTES, lambda: "fresh").parent_id == "abc-1"
+    orphan, message = encode_event(route, parent_id=None)
+    assert orphan.parent_id is None
+    assert all(key != "parent" for key, _ in message.user_properties)
+    assert decode(message, ROUTES, lambda: "fresh").parent_id is None
+    empty = Message(REPLY, b'{"response": "x"}', 1, False, None, (("parent", ""),))
+    assert decode(empty, ROUTES, lambda: "fresh").parent_id is None
+
+
+def encode_event(route: Route, *, parent_id: str | None) -> tuple[Event, Message]:
+    return encode(
+        route,
+        {"response": "x"},
+        event_id="e-1",
+        source="s",
+        correlation_id=None,
+        metadata=None,
+        parent_id=parent_id,
+    )

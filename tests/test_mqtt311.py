@@ -17,7 +17,14 @@ import pytest
 import pytest_asyncio
 from pydantic_core import from_json
 
-from voicebus import ConfigError, Event, EventBus, EventType, PayloadValidationError
+from voicebus import (
+    ConfigError,
+    Event,
+    EventBus,
+    EventType,
+    PayloadValidationError,
+    RequestCancelled,
+)
 from voicebus.transport import Message, parse_url
 from voicebus.transport.mqtt import MqttOptions, MqttTransport
 from voicebus.wire.codec import encode
@@ -27,10 +34,11 @@ from voicebus.wire.routes import ROUTES
 from .broker import Mosquitto
 from .helpers import Collector, eventually
 
-TYPES = [t for t in EventType if not ROUTES.get(t).binary]
+TYPES = [t for t in EventType if not ROUTES.get(t).binary and t is not EventType.CANCELLED]
 """Every JSON event type. Binary audio routes carry only WAV bytes: over 3.1.1 they
 have no place for a correlation id (README table); over MQTT 5 their correlated
-round trip is tested in tests/test_hermes_wire.py."""
+round trip is tested in tests/test_hermes_wire.py. CANCELLED is no request or
+reply: it cancels its correlation id (its 3.1.1 round trip: `test_cancel_over_311`)."""
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
@@ -194,3 +202,16 @@ async def test_overlapping_filters_count_copies_over_311(mosquitto: Mosquitto) -
         await asyncio.sleep(0)  # nothing further is queued behind: checked by count
         assert [e.data["text"] for e in wide.events] == ["one", "one", "two"]
         assert [e.data["text"] for e in narrow.events] == ["one", "one", "two"]
+
+
+async def test_cancel_over_311(mosquitto: Mosquitto) -> None:
+    """CANCELLED's correlation id travels in ``_vb`` over 3.1.1: a request is cancelled."""
+    url = url_for(mosquitto, "3.1.1")
+    async with EventBus(url) as asker, EventBus(url) as canceller:
+        waiting = asyncio.ensure_future(
+            asker.request(EventType.DECISION_MADE, {}, EventType.TTS_COMPLETED, 5, "u311")
+        )
+        await eventually(lambda: asker.get_stats()["pending_waits"] == 1)
+        await canceller.cancel("u311", reason="barge_in")
+        with pytest.raises(RequestCancelled, match="barge_in"):
+            await waiting

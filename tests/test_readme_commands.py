@@ -159,6 +159,21 @@ def run_voicebus(s: Session, words: list[str]) -> None:
             code, _, err = listen.finish(signal.SIGINT)
         assert code == 0 and "Traceback" not in err, err
         return
+    if args[0] == "arbiter":  # a service: two wake words, the less likely one cancelled
+        with Background.voicebus(*args, url=url) as arbiter:
+            arbiter.wait_for("arbiter ready")
+
+            async def two_sites() -> None:
+                async with EventBus(s.url) as bus:
+                    for site, likelihood in (("hall", 0.5), ("kitchen", 0.8)):
+                        data = {"siteId": site, "likelihood": likelihood}
+                        await bus.emit(EventType.WAKE_WORD_DETECTED, data, correlation_id=site)
+
+            asyncio.run(two_sites())
+            arbiter.wait_for("kitchen (0.80) wins; cancelled: hall (0.50)")
+            code, _, err = arbiter.finish(signal.SIGINT)
+        assert code == 0 and "Traceback" not in err, err
+        return
     if args[0] == "wait":
         with Background.voicebus(*args, url=url) as waiting:
             waiting.wait_for("waiting for", "stderr")

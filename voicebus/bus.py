@@ -26,7 +26,8 @@ from .config import CONFIG_FIELDS, BusConfig, BusSettings, check_applies, mqtt_p
 from .deadletters import FailureReporter
 from .errors import BusStateError, ConfigError, VoicebusError
 from .receive.broker_sync import BrokerFilters
-from .receive.dispatch import Dispatcher, Middleware
+from .receive.cancellation import Cancellations
+from .receive.dispatch import HANDLING, Dispatcher, Middleware
 from .receive.inbound import Inbound
 from .receive.monitor import Monitor
 from .receive.subscriptions import EventFilter, Handler, Subscription, SubscriptionRegistry
@@ -40,6 +41,13 @@ from .wire.routes import ROUTES, RouteTable
 from .wire.topics import check_filter
 
 log = logging.getLogger("voicebus")
+
+
+def _positive(name: str, seconds: float | None) -> float | None:
+    if seconds is not None and not seconds > 0:
+        raise ValueError(f"{name} must be a number of seconds > 0 (or None), got {seconds!r}")
+    return seconds
+
 
 Target = Enum | str
 """What `subscribe` and `wait_for` accept: an event type or an MQTT topic filter."""
@@ -123,6 +131,9 @@ class EventBus:
             self.monitor,
             self._failures.inbound_failure,
         )
+        self._cancels = Cancellations(self.config.cancel_window, self._dispatcher, self._waiters)
+        self._inbound.cancellations = self._cancels
+        self._subs.acquire(self._routes.get(EventType.CANCELLED).filter)  # every bus hears it
         self._transport: Transport | None = None
         self._running = False
         self._stopping = False
@@ -231,6 +242,7 @@ class EventBus:
         self._filters.reset()
         transport, self._transport = self._transport, None
         if transport is not None:
+            self.monitor.expired += getattr(transport, "expired", 0)  # its count goes with it
             await transport.close()
 
     async def __aenter__(self) -> EventBus:
@@ -262,17 +274,21 @@ class EventBus:
         once: bool = False,
         group: str | None = None,
         component: str | None = None,
+        timeout: float | None = None,
     ) -> Subscription:
         """Call `handler` for every event of `event_type` (or on an MQTT filter).
 
         Higher `priority` runs first; `filter_func` skips events; `group` shares the
-        work between instances (MQTT 5 shared subscription). Returns a handle for
+        work between instances (MQTT 5 shared subscription); an async handler still
+        running `timeout` seconds into an event is cancelled and recorded as a
+        dead letter ``handler_timeout`` (plus ERROR_OCCURRED). Returns a handle for
         `unsubscribe`.
 
         Whatever `handler` or `filter_func` raises, ``asyncio.CancelledError`` and
         ``GeneratorExit`` included, is recorded as a dead letter plus ERROR_OCCURRED
         and dispatch goes on; only ``KeyboardInterrupt`` and ``SystemExit`` end the
-        process (see `voicebus.receive.dispatch`).
+        process. A handler cancelled by `cancel` (its event's correlation id) is
+        counted as cancelled, not failed (see `voicebus.receive.dispatch`).
         """
         if not callable(handler):
             raise TypeError(f"handler must be callable, got {handler!r}")
@@ -292,6 +308,7 @@ class EventBus:
             etype,
             group,
             component or self.component,
+            _positive("timeout", timeout),
         )
         if self._subs.add(sub):
             self._filters.subscribe(sub.broker_filter)
@@ -305,9 +322,13 @@ class EventBus:
         handler: Handler,
         priority: int = 0,
         filter_func: EventFilter | None = None,
+        *,
+        timeout: float | None = None,
     ) -> Subscription:
         """Like `subscribe`, removed after the first event it handles."""
-        return self.subscribe(event_type, handler, priority, filter_func, once=True)
+        return self.subscribe(
+            event_type, handler, priority, filter_func, once=True, timeout=timeout
+        )
 
     def unsubscribe(self, handler: Handler | Subscription) -> int:
         """Remove a subscription (by handle) or every subscription of a handler."""
@@ -356,8 +377,17 @@ class EventBus:
         source: str | None = None,
         correlation_id: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        *,
+        ttl: float | None = None,
     ) -> Event:
         """Validate, publish and return one event (starts the bus if needed).
+
+        Emitted while a handler runs (or in a task it made), the event inherits the
+        handled event's correlation id unless one is given, and its id as
+        `Event.parent_id`. `ttl`: seconds until the event goes stale (MQTT 5 Message
+        Expiry: not delivered later, not sent from the outbox after a reconnect);
+        None: the route's default (`voicebus.wire.routes.DEFAULT_TTLS`);
+        ``math.inf``: never.
 
         Raises `PayloadValidationError` naming the field when `data` does not fit
         the event type's model; nothing is published then.
@@ -365,6 +395,9 @@ class EventBus:
         if isinstance(event_type, str) and not isinstance(event_type, Enum):
             event_type = event_type_named(event_type)
         route = self._routes.get(event_type)
+        parent = HANDLING.get()
+        if parent is not None and correlation_id is None:
+            correlation_id = parent.correlation_id
         event, message = encode(
             route,
             data if data is not None else {},
@@ -372,6 +405,8 @@ class EventBus:
             source=source or self.source,
             correlation_id=correlation_id,
             metadata=metadata,
+            parent_id=parent.id if parent is not None else None,
+            ttl=ttl if ttl is None else _positive("ttl", ttl),
         )
         await self.publish_message(message)
         self.monitor.record(event)
@@ -393,6 +428,17 @@ class EventBus:
         if transport is None:
             raise BusStateError("the bus was stopped")
         await transport.publish(message)
+
+    async def cancel(self, correlation_id: str, reason: str = "cancelled") -> Event:
+        """Cancel the utterance `correlation_id` on every bus (``voicebus/cancelled``):
+        running handlers for it are cancelled, queued and late events skipped, waits
+        raise `RequestCancelled` (see `voicebus.receive.cancellation`)."""
+        if not correlation_id:
+            raise ValueError("cancel needs the correlation id of the utterance to cancel")
+        self._cancels.apply(correlation_id, reason)  # here at once; the echo is idempotent
+        return await self.emit(
+            EventType.CANCELLED, {"reason": reason}, correlation_id=correlation_id
+        )
 
     def request(
         self,
@@ -445,6 +491,7 @@ class EventBus:
         topic_filter, _ = self._filter_for(target)
         future: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
         waiter = Waiter(topic_filter, future, correlation_id, filter_func)
+        self._cancels.check_wait(waiter)  # on an id cancelled within cancel_window
         self._waiters.add(waiter)
         if self._subs.acquire(topic_filter):
             self._filters.subscribe(topic_filter)
@@ -510,6 +557,9 @@ class EventBus:
                 "reconnects": getattr(self._transport, "reconnects", 0),
             }
         )
+        metrics = stats["metrics"]
+        metrics.update(self._cancels.stats())
+        metrics["expired_messages"] = self.monitor.expired + getattr(self._transport, "expired", 0)
         return stats
 
     def get_event_history(self, event_type: Enum | None = None, limit: int = 100) -> list[Event]:

@@ -100,6 +100,9 @@ class BusConfig(MqttSettings):
     `dead_letter_rate` applies."""
     component: str = "bus"
     """Name of this service in ERROR_OCCURRED events (``voicebus/error/<component>``)."""
+    cancel_window: float = 30.0
+    """Seconds after a cancellation (`EventBus.cancel`) during which events of that
+    correlation id that arrive are dropped (counted in ``events_cancelled``)."""
 
 
 class BusSettings(TypedDict, total=False):
@@ -133,6 +136,7 @@ class BusSettings(TypedDict, total=False):
     dead_letter_rate: float
     dead_letter_burst: int
     component: str
+    cancel_window: float
 
 
 MQTT_FIELDS = tuple(f.name for f in fields(MqttSettings))

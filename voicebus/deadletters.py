@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic_core import to_json
 
-from .errors import DeadLetterNotFoundError
+from .errors import DeadLetterNotFoundError, HandlerTimeout
 from .transport import Message
 from .wire.binary import body_of
 from .wire.correlation import sender_correlation
@@ -79,7 +79,7 @@ def handler_failure(event: Event, handler: str, exc: BaseException) -> dict[str,
         "error": str(exc) or type(exc).__name__,
         "handler": handler,
         "time": time.time(),
-        "reason": HANDLER_ERROR,
+        "reason": HandlerTimeout.reason if isinstance(exc, HandlerTimeout) else HANDLER_ERROR,
         "exception": type(exc).__name__,
         "topic": event.topic,
         "payload": body_of(event.data),  # a binary event's bytes; else its data as JSON
@@ -115,7 +115,7 @@ def error_event_data(record: dict[str, Any], component: str) -> dict[str, Any]:
         "component": component,
         "context": record["reason"],
     }
-    if record["reason"] == HANDLER_ERROR and event is not None:
+    if record["reason"] in (HANDLER_ERROR, HandlerTimeout.reason) and event is not None:
         data["context"] = event.type.value
         data["handler"] = record["handler"]
         data["siteId"] = event.data.get("siteId") or "default"

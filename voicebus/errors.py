@@ -77,6 +77,27 @@ class PublishTimeoutError(TransportError):
     """The broker did not acknowledge a publish in time."""
 
 
+class RequestCancelled(VoicebusError):
+    """A `wait_for` / `request` was waiting on a correlation id that was cancelled
+    (`EventBus.cancel`, from any process): the utterance was abandoned."""
+
+    def __init__(self, correlation_id: str, reason: str) -> None:
+        self.correlation_id = correlation_id
+        self.reason = reason
+        super().__init__(
+            f"correlation id {correlation_id!r} was cancelled ({reason}): its utterance "
+            "was abandoned; start a new request with a new correlation id if still needed"
+        )
+
+
+class HandlerTimeout(VoicebusError, TimeoutError):
+    """A handler ran past its ``subscribe(..., timeout=)`` deadline and was cancelled
+    (dead letter reason ``handler_timeout``)."""
+
+    reason = "handler_timeout"
+    """The dead-letter reason of such a handler."""
+
+
 class PayloadTooLargeError(VoicebusError, ValueError):
     """An encoded payload exceeds the configured maximum size."""
 

@@ -1,5 +1,5 @@
 """The ``voicebus`` command line: publish, listen, wait, topics, status, dlq, demo
-(and record, replay, trace from `timeline`).
+(and record, replay, trace from `timeline`; arbiter from `arbiter`).
 
 Every command takes ``--url`` (default ``$VOICEBUS_URL``, then ``memory://``) and
 prints rich output on a terminal, plain lines in a pipe, JSON with ``--json``.
@@ -21,6 +21,7 @@ from ..wire.codec import encode
 from ..wire.events import Event
 from ..wire.routes import ROUTES
 from . import output as out
+from .arbiter import arbiter
 from .asyncapi import payload_schema
 from .contract import contract_app
 from .demo import RUN_ID, Engines, Utterance, hop_summary, run_demo
@@ -50,6 +51,7 @@ app = typer.Typer(
 )
 app.add_typer(contract_app, name="contract")
 app.add_typer(dlq_app, name="dlq")
+app.command(name="arbiter")(arbiter)
 app.command("satellite-config")(satellite_config_command)
 
 

@@ -7,6 +7,7 @@ Pure functions, no I/O: `payload_schema` and `event_schema` for one route,
 from __future__ import annotations
 
 import copy
+import math
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -39,6 +40,12 @@ _ENVELOPE_HEADERS: dict[str, dict[str, str]] = {
     "source": {"description": "Who emitted the event (by default the MQTT client id)."},
     "time": {"description": "Emission time in seconds since the epoch, as a decimal string."},
     "metadata": {"description": "Free-form metadata as one JSON object, serialised."},
+    "parent": {
+        "description": (
+            "The id of the event whose handler emitted this one (causality); absent "
+            "when none."
+        )
+    },
     "correlationData": {
         "description": (
             "The correlation id, in the MQTT 5 Correlation Data property (not a user "
@@ -198,6 +205,7 @@ def asyncapi(routes: RouteTable | None = None, version: str | None = None) -> di
                 "bindingVersion": MQTT_BINDING_VERSION,
                 "qos": route.qos,
                 "retain": route.retain,
+                **_expiry(route),
             }
         }
         for action, verb in (("send", "Emit"), ("receive", "Receive")):
@@ -276,3 +284,8 @@ def asyncapi(routes: RouteTable | None = None, version: str | None = None) -> di
             },
         },
     }
+
+
+def _expiry(route: Route) -> dict[str, int]:
+    """The MQTT binding's ``messageExpiryInterval`` (whole seconds) when the route has a ttl."""
+    return {} if route.ttl is None else {"messageExpiryInterval": math.ceil(route.ttl)}

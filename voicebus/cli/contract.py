@@ -74,16 +74,19 @@ def readme(routes: RouteTable | None = None) -> str:
         " Keys marked *topic only* are not repeated in the payload (Hermes has no such"
         " key there). The envelope travels as MQTT 5 properties: user properties `id`,"
         " `type`, `source`, `time`, `metadata` (JSON), and the correlation id as"
-        " Correlation Data; a message without them (e.g. from Rhasspy or"
+        " Correlation Data, `parent` the id of the event whose handler emitted it;"
+        " a message without them (e.g. from Rhasspy or"
         " `mosquitto_pub`) gets a fresh id and its `sessionId` as correlation id. Where"
         " the payload has a `sessionId` field, the correlation id is also written into it"
         " (unless set), so a peer without MQTT 5 keeps the session. Binary routes (Hermes"
-        " audio) carry raw `audio/wav` bytes as the payload, never JSON.",
+        " audio) carry raw `audio/wav` bytes as the payload, never JSON. *ttl*: seconds"
+        " until an event goes stale (MQTT 5 Message Expiry; `-`: never; `emit(...,"
+        " ttl=)` overrides it).",
         "",
         "Payload fields marked * are required; all others have defaults.",
         "",
-        "| EventType | topic | QoS | retain | payload fields | Hermes class |",
-        "|---|---|---|---|---|---|",
+        "| EventType | topic | QoS | retain | ttl | payload fields | Hermes class |",
+        "|---|---|---|---|---|---|---|",
     ]
     for route in table:
         ident = route_ident(route)
@@ -100,7 +103,8 @@ def readme(routes: RouteTable | None = None) -> str:
         fields = f"{_field_list(route)} ([schema]({SCHEMA_DIR}/{ident}.json))"
         lines.append(
             f"| {_cell(route_title(route))} | {_cell(topic)} | {route.qos} | "
-            f"{'yes' if route.retain else 'no'} | {_cell(fields)} | {_cell(hermes)} |"
+            f"{'yes' if route.retain else 'no'} | {_ttl(route)} | {_cell(fields)} | "
+            f"{_cell(hermes)} |"
         )
     lines += [
         "",
@@ -111,6 +115,10 @@ def readme(routes: RouteTable | None = None) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _ttl(route: Route) -> str:
+    return "-" if route.ttl is None else f"{route.ttl:g}"
 
 
 def _dump(value: Any) -> str:

@@ -19,6 +19,21 @@ acknowledged) only when the dispatch task itself was asked to cancel: by `stop`
 task, such as ``asyncio.run`` cancelling what is left at exit
 (``Task.cancelling()``). One a handler raised or let through from something it
 awaited, while nobody cancelled the dispatch task, is that handler's failure.
+
+**Interrupting one handler**: handlers run inline in the dispatch task (a task
+per call would cost more than the rest of dispatch), so `interrupt` cancels the
+dispatch task while it awaits that handler, after noting why (`_interrupt`).
+Back in the dispatcher, the note tells this cancellation from any other: it is
+taken back (``Task.uncancel``) and the handler's end is recorded as what was
+asked for: a handler deadline (``subscribe(..., timeout=)``) is a failure,
+`HandlerTimeout` (dead letter ``handler_timeout``); a cancellation of its
+correlation id (`cancel_running`) is counted as cancelled, no failure, and the
+event's other handlers are skipped. Dispatch goes on with the next event. A
+handler that swallows the ``CancelledError`` and returns is recorded the same.
+
+**Causality**: around each event's handlers `HANDLING` holds the event, so an
+``emit`` made from a handler, or from a task it created (tasks copy the context),
+inherits its correlation id and records its id as ``parent_id``.
 """
 
 from __future__ import annotations
@@ -29,8 +44,10 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any
 
+from ..errors import HandlerTimeout
 from ..transport import CONSUMER, Transport
 from ..wire.events import Event
 from .monitor import HandlerStats, Monitor
@@ -44,6 +61,13 @@ FailureReport = Callable[[Event, str, BaseException, str], None]
 
 _FATAL = (KeyboardInterrupt, SystemExit)
 """What a handler may raise to end the process: never caught here."""
+
+HANDLING: ContextVar[Event | None] = ContextVar("voicebus_handling", default=None)
+"""The event whose handlers are running (set by the dispatcher; see the module doc)."""
+
+
+class Cancelled(Exception):
+    """Why a handler was interrupted: its correlation id was cancelled."""
 
 
 class Dispatcher:
@@ -77,6 +101,16 @@ class Dispatcher:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         """Set by `stop` before it cancels the task: that cancellation is obeyed."""
+        self._awaiting: Event | None = None
+        """The event whose handler the dispatch task is awaiting (interruptible)."""
+        self._call = 0
+        """Counts awaited handler calls: tells a deadline which call it belongs to."""
+        self._interrupt: BaseException | None = None
+        """Why the dispatch task was cancelled by `interrupt` (taken back after)."""
+        self.cancelled_handlers = 0
+        """Handler calls ended by `cancel_running` (not failures)."""
+        self._exempt: Event | None = None
+        """An event whose handler cancelled its own correlation id: not interrupted."""
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -104,6 +138,26 @@ class Dispatcher:
                 pass
         self._queue.clear()  # not acknowledged: a persistent session gets them again
         self._transport = None
+
+    def drop_correlation(self, correlation_id: str) -> int:
+        """Skip the queued events with `correlation_id` (acknowledged, not handled);
+        how many."""
+        queue = self._queue
+        keep = [item for item in queue if item[0].correlation_id != correlation_id]
+        dropped = len(queue) - len(keep)
+        if not dropped:
+            return 0
+        transport = self._transport
+        if transport is not None:
+            for event, _, ack in queue:
+                if ack is not None and event.correlation_id == correlation_id:
+                    transport.ack(ack)
+        queue.clear()
+        queue.extend(keep)
+        if self._paused and len(queue) <= self.max_queue_size // 2 and transport is not None:
+            self._paused = False
+            transport.resume_reading()
+        return dropped
 
     def is_group_copy(self, sids: tuple[int, ...]) -> bool:
         """The broker's copy for this bus's shared subscription(s) only."""
@@ -176,6 +230,7 @@ class Dispatcher:
     async def _deliver(self, event: Event, sids: tuple[int, ...]) -> None:
         perf = time.perf_counter
         started = perf()
+        HANDLING.set(event)
         for middleware in self.pre:
             if await self._run_middleware(middleware, event) is False:
                 return  # dropped, or failed: fails closed
@@ -203,10 +258,26 @@ class Dispatcher:
             try:
                 result = sub.handler(event)
                 if result is not None and inspect.isawaitable(result):
-                    await result
+                    self._awaiting = event
+                    if sub.timeout is None:
+                        await result
+                    else:
+                        await self._with_deadline(result, sub.timeout)
+                    self._awaiting = None
             except BaseException as exc:
-                self._failed(event, sub.name, exc, sub.component)  # or re-raised
-                stats.error_count += 1
+                self._awaiting = None
+                if self._interrupt is None:
+                    self._failed(event, sub.name, exc, sub.component)  # or re-raised
+                    stats.error_count += 1
+                elif self._interrupted(event, sub, exc, stats):
+                    stats.call_count += 1
+                    stats.total_duration += perf() - begin
+                    break  # its correlation id was cancelled: no more handlers for it
+            else:
+                if self._interrupt is not None and self._interrupted(event, sub, None, stats):
+                    stats.call_count += 1
+                    stats.total_duration += perf() - begin
+                    break
             stats.call_count += 1
             stats.total_duration += perf() - begin
         for middleware in self.post:
@@ -216,6 +287,67 @@ class Dispatcher:
         monitor.processing_time += perf() - started
         if not event.id.startswith(self._own_ids):  # emitted here: counted by emit
             monitor.record(event)
+
+    async def _with_deadline(self, result: Any, timeout: float) -> None:
+        """Await a handler's `result`, interrupted after `timeout` seconds."""
+        self._call += 1
+        call = self._call
+        deadline = HandlerTimeout(f"handler still running after its timeout of {timeout} s")
+
+        def expire() -> None:
+            if self._call == call and self._awaiting is not None:
+                self.interrupt(deadline)
+
+        timer = asyncio.get_running_loop().call_later(timeout, expire)
+        try:
+            await result
+        finally:
+            timer.cancel()
+
+    def interrupt(self, cause: BaseException) -> bool:
+        """Cancel the handler being awaited now (see the module doc); False when none
+        is, or when the handler itself asks (it cancels its own utterance: it and the
+        other handlers of its event go on, the utterance's further events are dropped)."""
+        task = self._task
+        if self._awaiting is None or self._interrupt is not None or task is None:
+            return False
+        if asyncio.current_task() is task:
+            self._exempt = self._awaiting  # also from the echo of its cancellation
+            return False
+        self._interrupt = cause
+        task.cancel()
+        return True
+
+    def cancel_running(self, correlation_id: str, reason: str) -> bool:
+        """Interrupt the running handler if its event has `correlation_id`."""
+        event = self._awaiting
+        if event is None or event.correlation_id != correlation_id or event is self._exempt:
+            return False
+        return self.interrupt(Cancelled(reason))
+
+    def _interrupted(
+        self, event: Event, sub: Subscription, exc: BaseException | None, stats: HandlerStats
+    ) -> bool:
+        """A handler ended after `interrupt` (raising `exc`, or returning): take the
+        cancellation back and record what it was for. True when the event's correlation
+        id was cancelled (skip its other handlers)."""
+        cause, self._interrupt = self._interrupt, None
+        task = self._task
+        if task is not None and task.cancelling():
+            task.uncancel()
+        if exc is not None and not isinstance(exc, asyncio.CancelledError):
+            self._failed(event, sub.name, exc, sub.component)  # it raised something else
+            stats.error_count += 1
+            return isinstance(cause, Cancelled)
+        if exc is not None and self._own_cancellation():  # `stop` came too: obey it
+            raise exc
+        if isinstance(cause, Cancelled):
+            self.cancelled_handlers += 1
+            return True
+        assert cause is not None
+        self._failed(event, sub.name, cause, sub.component)
+        stats.error_count += 1
+        return False
 
     async def _run_middleware(self, middleware: Middleware, event: Event) -> Any:
         """What `middleware` returned; ``False`` when it raised (a failure)."""

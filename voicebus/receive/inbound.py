@@ -22,11 +22,14 @@ from collections.abc import Callable
 from ..errors import DecodeError
 from ..transport import Message, Transport
 from ..wire.codec import InvalidMessage, decode
-from ..wire.events import Event
+from ..wire.events import Event, EventType
 from ..wire.routes import PREFIX, SYSTEM_PREFIXES, RouteTable
+from .cancellation import Cancellations
 from .dispatch import Dispatcher
 from .monitor import Monitor, SeenIds
 from .waiters import Waiters
+
+_CANCELLED = EventType.CANCELLED
 
 InboundFailure = Callable[[Message, str, str, Event | None], None]
 """``failed(message, reason, error, event)``: record a message that was refused."""
@@ -57,6 +60,8 @@ class Inbound:
         self._dispatched = SeenIds(10_000)
         self.acker: Transport | None = None
         """The transport that acknowledges received messages (`Message.ack`)."""
+        self.cancellations: Cancellations | None = None
+        """Applies received CANCELLED events and drops events of cancelled ids."""
 
     def on_message(self, message: Message) -> None:
         """Transport callback: decode, resolve waiters, queue for dispatch.
@@ -103,9 +108,18 @@ class Inbound:
             # dispatched to that group's handlers only, apart from the plain copy.
             if not id_less and not self._dispatched.add(_message_key("g", event)):
                 return False
+            cancels = self.cancellations
+            if cancels is not None and cancels.ids.until and cancels.drops(event):
+                return False
         else:
             if not id_less and not self._dispatched.add(_message_key("p", event)):
                 return False
+            cancels = self.cancellations
+            if cancels is not None:
+                if event.type is _CANCELLED:
+                    cancels.on_event(event)
+                elif cancels.ids.until and event.correlation_id and cancels.drops(event):
+                    return False
             if len(self._waiters):
                 self._waiters.resolve(event)
         self._dispatcher.enqueue(event, sids, message.ack)

@@ -99,6 +99,8 @@ class Monitor:
         self.dead_letters_cleared = 0
         """This bus's oldest retained dead letters cleared to stay within
         `dead_letter_retained_max`."""
+        self.expired = 0
+        """Stale messages dropped by this bus's earlier transports (see `EventBus.get_stats`)."""
         self.error_events_suppressed = 0
         """ERROR_OCCURRED events not emitted: over `dead_letter_rate` or backlog full."""
         self.started_at = time.time()

@@ -39,6 +39,8 @@ class Subscription:
     event_type: Enum | None = None
     group: str | None = None
     component: str = "bus"
+    timeout: float | None = None
+    """Seconds the handler may run per event before it is cancelled (None: no limit)."""
     seq: int = 0
     active: bool = True
     name: str = field(default="")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..wire.events import Event
@@ -43,6 +44,15 @@ class Waiters:
     def discard(self, waiter: Waiter) -> None:
         if waiter in self._waiters:
             self._waiters.remove(waiter)
+
+    def fail(self, correlation_id: str, error: Callable[[], BaseException]) -> int:
+        """Fail every pending waiter on `correlation_id` with `error()`; how many."""
+        failed = 0
+        for waiter in self._waiters:
+            if waiter.correlation_id == correlation_id and not waiter.future.done():
+                waiter.future.set_exception(error())
+                failed += 1
+        return failed
 
     def resolve(self, event: Event) -> None:
         """Complete every waiter that `event` satisfies (each waiter at most once)."""

@@ -37,6 +37,14 @@ class Message:
     """In-process only: for a received QoS 1 message whose receiver asked to
     acknowledge it itself (``connect(..., defer_acks=True)``), the token to pass to
     `Transport.ack` once done with it."""
+    expires: float | None = None
+    """When the message goes stale (``time.monotonic()``), None: never. On the wire
+    as the MQTT 5 Message Expiry Interval (the seconds left when it is sent); a
+    stale message is dropped, not sent or delivered (outbox, ``memory://``)."""
+
+    def expired(self, now: float) -> bool:
+        """Past its expiry at monotonic time `now`."""
+        return self.expires is not None and self.expires <= now
 
 
 MessageCallback = Callable[[Message], None]

@@ -4,13 +4,16 @@ It keeps MQTT semantics where the bus relies on them: topic-filter matching,
 subscription identifiers, retained messages, shared subscriptions
 (``$share/<group>/<filter>``: each message goes to one member of the group, in
 turn), encoded bytes, and back-pressure (a publisher waits while a receiver is
-paused, never a drop). All ``memory://``
-buses of one process share one broker; ``memory://NAME`` gives a separate one.
+paused, never a drop), and expiry (a retained or backlogged message past its
+`Message.expires` is dropped, not delivered, and counted in the receiving
+client's `expired`). All ``memory://`` buses of one process share one broker;
+``memory://NAME`` gives a separate one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 
 from ..errors import BusStateError
@@ -85,6 +88,8 @@ class MemoryTransport:
         self._paused = False
         self._resumed = asyncio.Event()
         self._resumed.set()
+        self.expired = 0
+        """Messages not delivered to this client because they went stale first."""
 
     @property
     def connected(self) -> bool:
@@ -130,8 +135,13 @@ class MemoryTransport:
             return
         self._subscriptions[topic_filter] = subscription_id
         self._matched.clear()
+        now = time.monotonic()
         for topic, message in list(self._broker.retained.items()):
             if matches(topic_filter, topic):
+                if message.expires is not None and message.expires <= now:
+                    del self._broker.retained[topic]  # as MQTT: a stale retained message goes
+                    self.expired += 1
+                    continue
                 self._push(_copy(message, (subscription_id,), retain=True))
 
     async def unsubscribe(self, topic_filter: str) -> None:
@@ -178,8 +188,13 @@ class MemoryTransport:
     def resume_reading(self) -> None:
         self._paused = False
         backlog = self._backlog
+        now = time.monotonic()
         while backlog and not self._paused and self._on_message is not None:
-            self._on_message(backlog.popleft())
+            message = backlog.popleft()
+            if message.expires is not None and message.expires <= now:
+                self.expired += 1
+                continue
+            self._on_message(message)
         if not self._paused:
             self._resumed.set()
 
@@ -207,4 +222,6 @@ def _copy(message: Message, ids: tuple[int, ...], *, retain: bool) -> Message:
         message.content_type,
         ids,
         message.validated,
+        None,
+        message.expires,
     )

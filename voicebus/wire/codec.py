@@ -1,9 +1,14 @@
 """Encode events into MQTT messages and decode messages back into events.
 
 Payload: the event data as plain JSON on the route's topic. Envelope: MQTT 5
-properties (user properties ``id``, ``source``, ``type``, ``time``, ``metadata``
-as JSON; the correlation id in Correlation Data), so a peer that only sees topic
-and payload (Home Assistant, Rhasspy) misses nothing it needs.
+properties (user properties ``id``, ``source``, ``type``, ``time``, ``parent``,
+``metadata`` as JSON; the correlation id in Correlation Data), so a peer that
+only sees topic and payload (Home Assistant, Rhasspy) misses nothing it needs.
+
+``parent`` (`Event.parent_id`, `PARENT`) is the ``id`` of the event whose handler
+emitted this one: left out when there is none. Like ``id`` it is an opaque MQTT
+string, taken as it comes (an empty value counts as absent); ``id`` + ``parent``
++ correlation id make an utterance's causal tree (trace, record, replay).
 
 On a route with a ``sessionId`` field (`Route.session`) the correlation id is
 also written into the payload's ``sessionId`` unless the data sets one, so a peer
@@ -48,6 +53,8 @@ from .topics import check_topic
 CONTENT_TYPE = JSON
 _SHORT_ENOUGH = MAX_STRING_BYTES // 4  # code points that fit an MQTT string however they encode
 
+PARENT = "parent"
+"""The user property carrying `Event.parent_id`."""
 BAD_TIME = "voicebus.bad_time"
 """The `Event.metadata` key noting a ``time`` property that was refused (see above)."""
 MAX_TIME = 253402300799.0
@@ -103,8 +110,11 @@ def encode(
     source: str | None,
     correlation_id: str | None,
     metadata: Mapping[str, Any] | None,
+    parent_id: str | None = None,
+    ttl: float | None = None,
 ) -> tuple[Event, Message]:
-    """Validate and encode one event; nothing is sent.
+    """Validate and encode one event; nothing is sent. `ttl`: seconds until it goes
+    stale (`Message.expires`), None: the route's default.
 
     Every string that goes on the wire is checked to be a valid MQTT string (see
     `strings`): the topic's parameters and length (`TopicError`), the user
@@ -127,6 +137,7 @@ def encode(
         correlation_id,
         dict(metadata) if metadata else {},
         topic,
+        parent_id,
     )
     type_value = route.event_type._value_
     if type(type_value) is not str:  # a user's Enum of numbers
@@ -137,6 +148,9 @@ def encode(
     if source:
         props.append(("source", source))
         envelope += source
+    if parent_id:
+        props.append((PARENT, parent_id))
+        envelope += parent_id
     if metadata:
         metadata_text = _metadata_json(route, metadata)
         props.append(("metadata", metadata_text))
@@ -168,6 +182,10 @@ def encode(
         (),
         True,
     )
+    if ttl is None:
+        ttl = route.ttl
+    if ttl is not None and ttl != math.inf:
+        message.expires = time.monotonic() + ttl
     return event, message
 
 
@@ -319,6 +337,7 @@ def decode(message: Message, routes: RouteTable, new_id: Callable[[], str]) -> E
         correlation_id,
         metadata,
         message.topic,
+        props.get(PARENT) or None,
     )
     if route.body is not None:
         return _decode_binary(route, params, message, event)

@@ -1,5 +1,5 @@
-"""`EventType` (the seed's 28 event kinds, then the Hermes commands and dialogue
-messages) and `Event` (one occurrence on the bus)."""
+"""`EventType` (the seed's 28 event kinds, the Hermes commands and dialogue messages,
+the Hermes audio, CANCELLED) and `Event` (one occurrence on the bus)."""
 
 from __future__ import annotations
 
@@ -67,6 +67,8 @@ class EventType(str, Enum):
     # Hermes audio: binary payloads (raw WAV bytes in ``data["wav"]``, never JSON)
     AUDIO_FRAME = "audio_frame"
     PLAY_BYTES = "play_bytes"
+    # Time
+    CANCELLED = "cancelled"
 
     def __str__(self) -> str:
         return self.value
@@ -77,7 +79,8 @@ class Event:
     """One event: its kind, its payload (wire keys) and its envelope.
 
     `data` holds the payload as it travels (camelCase keys, defaults for keys the
-    wire format requires); `metadata` may be changed by middleware.
+    wire format requires); `metadata` may be changed by middleware. `parent_id` is
+    the id of the event being handled when this one was emitted (None otherwise).
     """
 
     type: Enum
@@ -88,6 +91,8 @@ class Event:
     correlation_id: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     topic: str = ""
+    parent_id: str | None = None
+    """The id of the event whose handler emitted this one (causality; see `codec`)."""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly view of the event."""
@@ -98,6 +103,7 @@ class Event:
             "source": self.source,
             "timestamp": self.timestamp,
             "correlation_id": self.correlation_id,
+            "parent_id": self.parent_id,
             "metadata": self.metadata,
             "data": self.data,
         }

@@ -186,6 +186,13 @@ class SystemPayload(Payload):
     status: str | None = None
 
 
+class Cancelled(Payload):
+    """An utterance was cancelled (barge-in, lost arbitration): its correlation id is
+    in the envelope; every bus stops its work for it (`EventBus.cancel`)."""
+
+    reason: str = "cancelled"
+
+
 class ErrorPayload(Payload):
     """An error (Rhasspy error shape plus the failing ``handler``).
 

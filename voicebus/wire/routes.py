@@ -32,7 +32,9 @@ class Route:
 
     `topic_only` names wire keys that live only in the topic (Hermes has no such
     key in the payload); they are removed from the payload when publishing and
-    restored into `Event.data` from the topic when receiving.
+    restored into `Event.data` from the topic when receiving. `ttl` is the default
+    lifetime in seconds of an event of this route (None: it never goes stale; see
+    `DEFAULT_TTLS`), overridden by ``emit(..., ttl=)``.
 
     `body` makes the route binary: that `Event.data` key holds the raw payload
     bytes (of `content_type`), every other key is a topic parameter (see
@@ -50,6 +52,7 @@ class Route:
     retain: bool = False
     hermes: str | None = None
     description: str = ""
+    ttl: float | None = None
     body: str | None = None
     content_type: str = JSON
     session: bool = field(init=False, repr=False, compare=False)
@@ -94,9 +97,31 @@ def _route(
         frozenset(topic.parameters if body is not None else topic_only),
         hermes=hermes,
         description=doc,
+        ttl=DEFAULT_TTLS.get(event_type),
         body=body,
         content_type=JSON if body is None else WAV,
     )
+
+
+DEFAULT_TTLS: dict[Enum, float] = {
+    # worthless seconds later: a late one would start a session nobody is speaking to
+    EventType.WAKE_WORD_DETECTED: 5.0,
+    EventType.SPEECH_ENDED: 5.0,  # end-of-speech steers a recording happening now
+    EventType.SILENCE_DETECTED: 5.0,
+    # live progress: only the latest matters, a stale one shows a wrong state
+    EventType.AUDIO_PLAYBACK_PROGRESS: 5.0,
+    EventType.PHONEME_EVENT: 2.0,  # lip sync for audio that is playing now
+    EventType.MODEL_DOWNLOAD_PROGRESS: 30.0,
+    EventType.HEALTH_CHECK: 30.0,  # a health report stands for the moment it was made
+    EventType.CANCELLED: 30.0,  # as long as `cancel_window`: nothing to cancel later
+    # live audio: a frame is for the recogniser listening now; played audio minutes late
+    # (after a reconnect) would speak an answer to a question nobody remembers asking
+    EventType.AUDIO_FRAME: 2.0,
+    EventType.PLAY_BYTES: 30.0,
+}
+"""Default `Route.ttl` per event type, in seconds. Not listed, never stale: results
+and notifications (a transcript, a response, ``model_loaded``, errors) stay true
+and a late one is still worth having; state a peer keeps (start/stop) too."""
 
 
 def _default_routes() -> list[Route]:
@@ -173,6 +198,7 @@ def _default_routes() -> list[Route]:
             hermes="AudioPlayBytes",
             body=WAV_KEY,
         ),
+        _route(e.CANCELLED, "voicebus/cancelled", m.Cancelled),
     ]
 
 
@@ -345,12 +371,14 @@ def register_route(
     replace: bool = False,
     body: str | None = None,
     content_type: str = OCTETS,
+    ttl: float | None = None,
 ) -> Route:
     """Register a user event type: ``register_route(MyEvents.BEEP, "myapp/beep", Beep)``.
 
     With `body` the route is binary: that key of the data (a ``bytes`` field of
     `model`) is the whole payload, of `content_type` (``audio/wav`` payloads must be
-    RIFF/WAVE files); every topic parameter then travels in the topic only.
+    RIFF/WAVE files); every topic parameter then travels in the topic only. `ttl`:
+    seconds after which its events go stale (None: never).
     """
     template = TopicTemplate(topic)
     route = Route(
@@ -360,6 +388,7 @@ def register_route(
         frozenset(template.parameters if body is not None else topic_only),
         qos=qos,
         retain=retain,
+        ttl=ttl,
         description=((model.__doc__ or "").strip().splitlines() or [""])[0],
         body=body,
         content_type=JSON if body is None else content_type,

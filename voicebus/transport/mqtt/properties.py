@@ -8,6 +8,8 @@ of properties, so this module encodes and decodes them directly.
 
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import dataclass
 
 from ..base import Message
@@ -48,9 +50,14 @@ def pack_publish_properties(
     content_type: str | None,
     correlation_data: bytes | None,
     user_properties: tuple[tuple[str, str], ...],
+    expiry: int | None = None,
 ) -> bytes:
-    """The property section (length prefix included) of a PUBLISH packet."""
+    """The property section (length prefix included) of a PUBLISH packet; `expiry`
+    is the Message Expiry Interval in seconds (None: the message never expires)."""
     body = bytearray()
+    if expiry is not None:
+        body.append(MESSAGE_EXPIRY)
+        body += min(expiry, 0xFFFFFFFF).to_bytes(4, "big")
     if content_type is not None:
         body.append(CONTENT_TYPE)
         body += _str(content_type)
@@ -84,8 +91,19 @@ def pack_message_properties(message: Message) -> PackedProperties:
             content_type=message.content_type,
             correlation_data=message.correlation_data,
             user_properties=message.user_properties,
+            expiry=None if message.expires is None else expiry_interval(message.expires),
         )
     )
+
+
+def expiry_interval(expires: float) -> int:
+    """The Message Expiry Interval for a message stale at monotonic time `expires`:
+    the whole seconds left, rounded up, at least 1 (0 would not mean "now" to every
+    broker; the sender drops a stale message before it gets here)."""
+    left = expires - time.monotonic()
+    if left >= 0xFFFFFFFF:
+        return 0xFFFFFFFF
+    return max(1, math.ceil(left))
 
 
 @dataclass(slots=True)
@@ -96,6 +114,7 @@ class PublishProperties:
     correlation_data: bytes | None = None
     user_properties: tuple[tuple[str, str], ...] = ()
     subscription_ids: tuple[int, ...] = ()
+    message_expiry: int | None = None
 
 
 def _varint(data: bytes | bytearray, pos: int) -> tuple[int, int]:
@@ -159,6 +178,9 @@ def unpack_publish_properties(data: bytes | bytearray, pos: int) -> tuple[Publis
         elif ident == PAYLOAD_FORMAT:
             pos += 1
         elif ident == MESSAGE_EXPIRY:
+            if pos + 4 > end:
+                raise MalformedProperties("truncated message expiry interval")
+            props.message_expiry = int.from_bytes(data[pos : pos + 4], "big")
             pos += 4
         elif ident == TOPIC_ALIAS:
             pos += 2

@@ -19,12 +19,18 @@ thing sent, it is taken out of the outbox and reported through
 two or three reconnects, and everything queued behind it then goes through. A
 link that breaks without a DISCONNECT (a broker crash or restart looks the same)
 never counts: the message is kept and sent again.
+
+**Expiry**: a message with `Message.expires` carries the seconds it has left as
+its Message Expiry Interval (the broker drops it for a subscriber that is offline
+longer); one that went stale in the outbox is dropped there, never sent after the
+reconnect, and counted in `expired`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 
@@ -79,6 +85,8 @@ class Publisher:
         """The suspect, sent alone on this link, while its PUBACK is due."""
         self._last_sent: Message | None = None
         """The last message `send` put on the link (the probe must be it)."""
+        self.expired = 0
+        """Messages dropped from the outbox because they went stale while queued."""
 
     # --- the link ------------------------------------------------------------------
 
@@ -223,6 +231,12 @@ class Publisher:
                 if suspect and window:
                     break  # the suspect goes alone, once everything before it is acknowledged
                 message = queued.popleft()
+                if message.expires is not None and message.expires <= time.monotonic():
+                    self.expired += 1
+                    if message is self._suspect:
+                        self._suspect = None
+                    log.debug("dropping stale %s from the outbox", message.topic)
+                    continue
                 fut = self.send(paho, message)
                 if fut is not None:
                     window.append((message, fut))
@@ -239,8 +253,7 @@ class Publisher:
                 await asyncio.wait((fut,), timeout=self.options.publish_timeout)
                 if not fut.done():
                     give_up(
-                        f"no PUBACK within {self.options.publish_timeout}s "
-                        "while sending the outbox"
+                        f"no PUBACK within {self.options.publish_timeout}s while sending the outbox"
                     )
                     raise LinkLost
             code = fut.result()

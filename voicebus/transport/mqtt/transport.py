@@ -126,6 +126,11 @@ class MqttTransport:
         """Messages waiting for the link (not counting those in flight)."""
         return len(self._outbox)
 
+    @property
+    def expired(self) -> int:
+        """Messages dropped from the outbox because they went stale (`Message.expires`)."""
+        return self._publisher.expired
+
     # --- connection ------------------------------------------------------------
 
     def _tls_context(self) -> ssl.SSLContext | None:
