@@ -20,7 +20,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from tests.broker import Mosquitto
-from tests.helpers import Collector
+from tests.helpers import Collector, marker
 from voicebus import Event, EventBus, EventType
 from voicebus.transport import Message
 from voicebus.wire.codec import encode
@@ -50,7 +50,7 @@ async def test_emitted_ids_are_not_guessable_from_earlier_ones(bus_url: str) -> 
         ids = [(await bus.emit(EventType.HEALTH_CHECK, {})).id for _ in range(200)]
     assert len(set(ids)) == len(ids)
     prefixes = {i.rpartition("-")[0] for i in ids}
-    assert len(prefixes) == 1  # the bus prefix stays (own events are told apart by it)
+    assert len(prefixes) == 1  # the bus prefix stays (a readable origin, not a key)
     tails = [i.rpartition("-")[2] for i in ids]
     assert all(len(t) == 16 for t in tails)  # 64 random bits each
     steps = {int(b, 16) - int(a, 16) for a, b in itertools.pairwise(tails)}
@@ -208,3 +208,35 @@ async def test_a_node_red_style_reply_reaches_the_requester_and_a_bystander(
                 assert answer is not None and answer.id == second.id
         finally:
             responder.cancel()
+
+
+async def test_a_peer_copying_this_bus_ids_is_still_counted(bus_url: str) -> None:
+    """Own events are known by (topic, source, id) noted at emit, not by the id's
+    prefix: a peer that gives its events ids shaped like this bus's cannot hide them
+    from its history and stats, while the bus's own events are counted once."""
+    async with EventBus(bus_url) as victim, EventBus(bus_url) as peer:
+        got = Collector()
+        victim.subscribe(EventType.SPEECH_DETECTED, got)
+        await victim.ready()
+        own = await victim.emit(EventType.SPEECH_DETECTED, {"text": "mine"})
+        route = ROUTES.get(EventType.SPEECH_DETECTED)
+        forged_id = own.id.rpartition("-")[0] + "-" + "0" * 16
+        _, message = encode(
+            route,
+            {"text": "forged"},
+            event_id=forged_id,
+            source="peer",
+            correlation_id=None,
+            metadata=None,
+        )
+        await peer.publish_message(message)
+        await got.wait(2)
+        # a marker after both: once it is handled, both are recorded (in order)
+        await marker(peer, victim)
+
+        def texts() -> list[str]:
+            history = victim.get_event_history(EventType.SPEECH_DETECTED)
+            return sorted(e.data["text"] for e in history)
+
+        assert texts() == ["forged", "mine"]
+        assert victim.get_stats()["metrics"]["events_by_type"]["speech_detected"] == 2

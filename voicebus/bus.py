@@ -119,7 +119,6 @@ class EventBus:
             self.monitor,
             self._failures.handler_failed,
             self._remove,
-            own_ids=prefix + "-",
             max_queue_size=max(1, self.config.max_queue_size),
         )
         self._inbound = Inbound(
@@ -408,6 +407,7 @@ class EventBus:
             parent_id=parent.id if parent is not None else None,
             ttl=ttl if ttl is None else _positive("ttl", ttl),
         )
+        self.monitor.emitting(event)  # before it can come back from the broker
         await self.publish_message(message)
         self.monitor.record(event)
         return event

@@ -80,14 +80,12 @@ class Dispatcher:
         report_failure: FailureReport,
         remove_subscription: Callable[[Subscription], None],
         *,
-        own_ids: str,
         max_queue_size: int,
     ) -> None:
         self._registry = registry
         self._monitor = monitor
         self._report = report_failure
         self._remove = remove_subscription
-        self._own_ids = own_ids
         self.max_queue_size = max_queue_size
         self.pre: list[Middleware] = []
         self.post: list[Middleware] = []
@@ -285,7 +283,7 @@ class Dispatcher:
         monitor = self._monitor
         monitor.processed += 1
         monitor.processing_time += perf() - started
-        if not event.id.startswith(self._own_ids):  # emitted here: counted by emit
+        if not monitor.emitted_here(event):  # emitted here: counted by emit
             monitor.record(event)
 
     async def _with_deadline(self, result: Any, timeout: float) -> None:

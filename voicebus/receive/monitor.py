@@ -55,12 +55,18 @@ class SeenIds:
         self._order: deque[str | bytes] = deque()
         self.hashed = 0
 
+    def _key(self, event_id: str) -> str | bytes:
+        if len(event_id) > MAX_SEEN_KEY or not event_id.isascii():
+            self.hashed += 1
+            return blake2b(event_id.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+        return event_id
+
+    def __contains__(self, event_id: str) -> bool:
+        return self._key(event_id) in self._ids
+
     def add(self, event_id: str) -> bool:
         """Remember `event_id` (a key); False when it was already known."""
-        key: str | bytes = event_id
-        if len(event_id) > MAX_SEEN_KEY or not event_id.isascii():
-            key = blake2b(event_id.encode("utf-8", "surrogatepass"), digest_size=16).digest()
-            self.hashed += 1
+        key = self._key(event_id)
         ids = self._ids
         if key in ids:
             return False
@@ -70,6 +76,11 @@ class SeenIds:
         if len(order) > self._size:
             ids.discard(order.popleft())
         return True
+
+
+def _emitted_key(event: Event) -> str:
+    topic, source = event.topic or "", event.source or ""
+    return f"{len(topic)}:{topic}{len(source)}:{source}{event.id}"
 
 
 DEAD_LETTER_BYTES = 16 * 1024 * 1024
@@ -88,6 +99,7 @@ class Monitor:
         self._dead_letter_sizes: deque[int] = deque()
         self._dead_letter_bytes = 0
         self.total_events = 0
+        self._emitted = SeenIds(10_000)
         self.total_errors = 0
         self.events_by_type: dict[str, int] = {}
         self.processing_time = 0.0
@@ -104,6 +116,16 @@ class Monitor:
         self.error_events_suppressed = 0
         """ERROR_OCCURRED events not emitted: over `dead_letter_rate` or backlog full."""
         self.started_at = time.time()
+
+    def emitting(self, event: Event) -> None:
+        """Note that this bus is about to publish `event`: when it comes back from the
+        broker it is not counted again. Remembered by (topic, source, id), so a peer
+        that copies this bus's ids onto its own events is still counted."""
+        self._emitted.add(_emitted_key(event))
+
+    def emitted_here(self, event: Event) -> bool:
+        """Whether `event` is one this bus emitted (see `emitting`)."""
+        return _emitted_key(event) in self._emitted
 
     def record(self, event: Event) -> None:
         """Count `event` and keep it in history (once per event: source and id)."""
