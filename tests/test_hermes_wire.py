@@ -10,6 +10,7 @@ import json
 import re
 import struct
 import uuid
+from collections.abc import Iterator
 from enum import Enum
 from typing import Any
 
@@ -296,10 +297,17 @@ class Camera(str, Enum):
     SNAPSHOT = "camera_snapshot"
 
 
-async def test_a_user_binary_route() -> None:
-    if Camera.SNAPSHOT not in ROUTES:
-        register_route(Camera.SNAPSHOT, "myapp/{camera}/snapshot", Snapshot, body="jpeg")
-    route = ROUTES.get(Camera.SNAPSHOT)
+@pytest.fixture
+def camera_route() -> Iterator[Route]:
+    """A user's binary route, in the shared table for this test only (the committed
+    contract is generated from that table: tests/test_contract.py)."""
+    route = register_route(Camera.SNAPSHOT, "myapp/{camera}/snapshot", Snapshot, body="jpeg")
+    yield route
+    ROUTES.unregister(Camera.SNAPSHOT)
+
+
+async def test_a_user_binary_route(camera_route: Route) -> None:
+    route = camera_route
     assert route.binary and route.content_type == "application/octet-stream"
     assert route.topic_only == {"camera"} and not route.session
     image = b"\xff\xd8\xff\xe0 not a wav \x00\n"

@@ -313,6 +313,15 @@ class RouteTable:
         self._cache.clear()
         return route
 
+    def unregister(self, event_type: Enum) -> Route:
+        """Remove the route of `event_type` (e.g. when a plugin unloads) and return it."""
+        route = self._by_type.pop(event_type, None)
+        if route is None:
+            raise UnknownEventTypeError(f"{event_type!r} has no route to remove")
+        self._forget(route)
+        self._cache.clear()
+        return route
+
     def _forget(self, route: Route) -> None:
         self._exact.pop(route.template.template, None)
         if route in self._templated:
