@@ -5,6 +5,7 @@ exits 0 within 2 s and prints no traceback. Services are real subprocesses."""
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import sys
 import textwrap
@@ -143,7 +144,9 @@ def test_handlers_in_flight_finish_before_the_service_stops(
     assert "Traceback" not in err, err
     assert status_of(broker, client_id) == "offline"
     if runner == "voicebus.run":
-        assert "SIGINT: already stopping (after SIGTERM)" in err, err
+        # Two standard signals pending at once are delivered lowest number first
+        # (Linux), so SIGINT may be handled before SIGTERM: either is the second.
+        assert re.search(r"SIG(INT|TERM): already stopping \(after SIG(TERM|INT)\)", err), err
 
 
 @pytest.mark.parametrize("sig", SIGNALS, ids=[s.name for s in SIGNALS])
