@@ -53,3 +53,16 @@ def test_every_setting_is_documented() -> None:
     from dataclasses import fields
 
     assert {f.name for f in fields(BusConfig)} == documented
+
+
+def test_readme_lists_every_setting_with_its_default() -> None:
+    """README "Settings" has one row per `BusConfig` field, with the current default."""
+    from dataclasses import fields
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text("utf-8")
+    section = readme.split("## Settings", 1)[1].split("\n## ", 1)[0]
+    defaults = BusConfig()
+    for f in fields(BusConfig):
+        row = f"| `{f.name}` | `{getattr(defaults, f.name)!r}` |"
+        assert row in section, f"README Settings: no row {row}"
