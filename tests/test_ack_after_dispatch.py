@@ -129,14 +129,14 @@ def pubacks(monkeypatch: pytest.MonkeyPatch) -> list[tuple[paho_mqtt.Client, int
 def _spy(bus: EventBus) -> list[PendingAck]:
     """The ack tokens of the messages `bus` receives, in receive order."""
     tokens: list[PendingAck] = []
-    on_message = bus._inbound.on_message  # an internal: the ack tokens the transport hands in
+    on_message = bus._side.inbound.on_message  # an internal: the ack tokens the transport hands in
 
     def spy(message: Message) -> None:
         assert isinstance(message.ack, PendingAck)
         tokens.append(message.ack)
         on_message(message)
 
-    bus._inbound.on_message = spy  # type: ignore[method-assign]
+    bus._side.inbound.on_message = spy  # type: ignore[method-assign]
     return tokens
 
 

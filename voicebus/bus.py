@@ -25,20 +25,19 @@ from typing_extensions import Unpack
 from .config import CONFIG_FIELDS, BusConfig, BusSettings, check_applies, mqtt_protocol
 from .deadletters import FailureReporter
 from .errors import BusStateError, ConfigError, VoicebusError
-from .receive.broker_sync import BrokerFilters
-from .receive.cancellation import Cancellations
-from .receive.dispatch import HANDLING, Dispatcher, Middleware
-from .receive.inbound import Inbound
+from .receive.dispatch import HANDLING, Middleware
 from .receive.monitor import Monitor
-from .receive.subscriptions import EventFilter, Handler, Subscription, SubscriptionRegistry
-from .receive.waiters import Waiter, Waiters
+from .receive.side import ReceiveSide, Target
+
+__all__ = ["EventBus", "Target"]
+from .receive.subscriptions import EventFilter, Handler, Subscription
+from .receive.waiters import Waiter
 from .transport import BusURL, Message, Transport, open_transport, parse_url, resolve_url
 from .wire.codec import check_message, encode
 from .wire.events import Event, EventType, event_type_named
 from .wire.ids import RandomIds
 from .wire.models import Payload
 from .wire.routes import ROUTES, RouteTable
-from .wire.topics import check_filter
 
 log = logging.getLogger("voicebus")
 
@@ -47,10 +46,6 @@ def _positive(name: str, seconds: float | None) -> float | None:
     if seconds is not None and not seconds > 0:
         raise ValueError(f"{name} must be a number of seconds > 0 (or None), got {seconds!r}")
     return seconds
-
-
-Target = Enum | str
-"""What `subscribe` and `wait_for` accept: an event type or an MQTT topic filter."""
 
 
 class EventBus:
@@ -100,9 +95,6 @@ class EventBus:
             history_size=self.config.history_size,
             dead_letter_size=self.config.dead_letter_size,
         )
-        self._subs = SubscriptionRegistry()
-        self._filters = BrokerFilters(self._subs)
-        self._waiters = Waiters()
         self._failures = FailureReporter(
             self.monitor,
             self.client_id,
@@ -114,25 +106,16 @@ class EventBus:
             rate=self.config.dead_letter_rate,
             burst=self.config.dead_letter_burst,
         )
-        self._dispatcher = Dispatcher(
-            self._subs,
-            self.monitor,
-            self._failures.handler_failed,
-            self._remove,
-            max_queue_size=max(1, self.config.max_queue_size),
-        )
-        self._inbound = Inbound(
+        self._side = ReceiveSide(
             self._routes,
-            self.config.max_payload_size,
-            self._inbound_id,
-            self._dispatcher,
-            self._waiters,
             self.monitor,
-            self._failures.inbound_failure,
+            max_queue_size=self.config.max_queue_size,
+            max_payload=self.config.max_payload_size,
+            cancel_window=self.config.cancel_window,
+            new_id=self._inbound_id,
+            handler_failed=self._failures.handler_failed,
+            inbound_failed=self._failures.inbound_failure,
         )
-        self._cancels = Cancellations(self.config.cancel_window, self._dispatcher, self._waiters)
-        self._inbound.cancellations = self._cancels
-        self._subs.acquire(self._routes.get(EventType.CANCELLED).filter)  # every bus hears it
         self._transport: Transport | None = None
         self._running = False
         self._stopping = False
@@ -181,7 +164,7 @@ class EventBus:
 
     @property
     def max_queue_size(self) -> int:
-        return self._dispatcher.max_queue_size
+        return self._side.dispatcher.max_queue_size
 
     async def start(self) -> None:
         """Connect and start dispatching (idempotent)."""
@@ -193,22 +176,22 @@ class EventBus:
             if self._running:
                 return
             transport = open_transport(self._url, client_id=self.client_id, settings=self.config)
-            self._inbound.acker = transport  # messages may come while it connects
+            self._side.inbound.acker = transport  # messages may come while it connects
             # With a persistent session, acknowledge a QoS 1 message only after its
             # handlers ran, so a crash in between gets it redelivered. Without one the
             # broker forgets unacknowledged messages anyway, and acknowledging at once
             # keeps the broker's in-flight window (our Receive Maximum: see config.py)
             # from stalling a handler that awaits a reply behind a full queue.
             defer = bool(self.config.session_expiry)
-            await transport.connect(self._inbound.on_message, defer_acks=defer)
+            await transport.connect(self._side.inbound.on_message, defer_acks=defer)
             if hasattr(transport, "on_publish_failed"):
                 transport.on_publish_failed = self._failures.publish_failed
             self._transport = transport
             self._loop = asyncio.get_running_loop()
-            self._dispatcher.start(transport)
-            self._filters.transport = transport
+            self._side.dispatcher.start(transport)
+            self._side.filters.transport = transport
             try:
-                await self._filters.subscribe_all()
+                await self._side.filters.subscribe_all()
             except BaseException:
                 await self._shutdown()
                 raise
@@ -227,7 +210,9 @@ class EventBus:
         self._stopping = True
         try:
             deadline = time.monotonic() + drain_timeout
-            while (self._dispatcher.busy or self._failures.tasks) and time.monotonic() < deadline:
+            while (
+                self._side.dispatcher.busy or self._failures.tasks
+            ) and time.monotonic() < deadline:
                 await asyncio.sleep(0.001)
             self._running = False
             await self._shutdown()
@@ -237,8 +222,8 @@ class EventBus:
     async def _shutdown(self) -> None:
         for task in list(self._failures.tasks):
             task.cancel()
-        await self._dispatcher.stop()
-        self._filters.reset()
+        await self._side.dispatcher.stop()
+        self._side.filters.reset()
         transport, self._transport = self._transport, None
         if transport is not None:
             self.monitor.expired += getattr(transport, "expired", 0)  # its count goes with it
@@ -252,16 +237,6 @@ class EventBus:
         await self.stop()
 
     # --- subscribing -----------------------------------------------------------------
-
-    def _filter_for(self, target: Target) -> tuple[str, Enum | None]:
-        if isinstance(target, Enum):
-            return self._routes.get(target).filter, target
-        if not isinstance(target, str):
-            raise TypeError(f"expected an EventType or an MQTT topic filter, got {target!r}")
-        if "/" not in target and target not in ("#", "+", "*"):
-            event_type = event_type_named(target)
-            return self._routes.get(event_type).filter, event_type
-        return check_filter("#" if target == "*" else target), None
 
     def subscribe(
         self,
@@ -297,7 +272,7 @@ class EventBus:
                 "subscription identifier); this bus speaks 3.1.1: run one worker, or use "
                 "an MQTT 5 broker"
             )
-        topic_filter, etype = self._filter_for(event_type)
+        topic_filter, etype = self._side.target(event_type)
         sub = Subscription(
             topic_filter,
             handler,
@@ -309,10 +284,7 @@ class EventBus:
             component or self.component,
             _positive("timeout", timeout),
         )
-        if self._subs.add(sub):
-            self._filters.subscribe(sub.broker_filter)
-        if group:
-            self._dispatcher.group_sids.add(self._subs.filters[sub.broker_filter].subscription_id)
+        self._side.add(sub)
         return sub
 
     def once(
@@ -331,23 +303,17 @@ class EventBus:
 
     def unsubscribe(self, handler: Handler | Subscription) -> int:
         """Remove a subscription (by handle) or every subscription of a handler."""
-        removed = self._subs.find(handler)
+        removed = self._side.subs.find(handler)
         for sub in removed:
-            self._remove(sub)
+            self._side.remove(sub)
         return len(removed)
-
-    def _remove(self, sub: Subscription) -> None:
-        sid = self._subs.subscription_id(sub.broker_filter)
-        if self._subs.remove(sub):
-            self._dispatcher.group_sids.discard(sid or 0)
-            self._filters.unsubscribe(sub.broker_filter)
 
     async def ready(self) -> None:
         """Start the bus if needed, then return once the broker has acknowledged every
         (un)subscribe made so far (on ``memory://`` at once)."""
         if not self._running:
             await self.start()
-        await self._filters.settle()
+        await self._side.filters.settle()
 
     # --- middleware ------------------------------------------------------------------
 
@@ -359,11 +325,11 @@ class EventBus:
         never see it) and records a dead letter plus ERROR_OCCURRED; a raising post
         middleware is recorded the same way.
         """
-        d = self._dispatcher
+        d = self._side.dispatcher
         (d.post if post or not pre else d.pre).append(middleware)
 
     def remove_middleware(self, middleware: Middleware) -> None:
-        for chain in (self._dispatcher.pre, self._dispatcher.post):
+        for chain in (self._side.dispatcher.pre, self._side.dispatcher.post):
             while middleware in chain:
                 chain.remove(middleware)
 
@@ -422,8 +388,8 @@ class EventBus:
             check_message(message)
         if not self._running:
             await self.start()
-        if self._filters.pending:
-            await self._filters.settle()
+        if self._side.filters.pending:
+            await self._side.filters.settle()
         transport = self._transport
         if transport is None:
             raise BusStateError("the bus was stopped")
@@ -435,7 +401,7 @@ class EventBus:
         raise `RequestCancelled` (see `voicebus.receive.cancellation`)."""
         if not correlation_id:
             raise ValueError("cancel needs the correlation id of the utterance to cancel")
-        self._cancels.apply(correlation_id, reason)  # here at once; the echo is idempotent
+        self._side.cancels.apply(correlation_id, reason)  # here at once; the echo is idempotent
         return await self.emit(
             EventType.CANCELLED, {"reason": reason}, correlation_id=correlation_id
         )
@@ -450,18 +416,18 @@ class EventBus:
     ) -> Awaitable[Event | None]:
         """Emit an event and wait for the response with the same correlation id."""
         cid = correlation_id or f"req-{self._new_id()}"
-        waiter = self._register_wait(response_type, cid, None)
+        waiter = self._side.register_wait(response_type, cid, None)
 
         async def run() -> Event | None:
             try:
                 await self.emit(event_type, data, correlation_id=cid)
             except BaseException:
-                self._end_wait(waiter)
+                self._side.end_wait(waiter)
                 raise
             return await self._wait(waiter, timeout)
 
         running = run()
-        weakref.finalize(running, self._end_wait, waiter)  # see `wait_for`
+        weakref.finalize(running, self._side.end_wait, waiter)  # see `wait_for`
         return running
 
     # --- waiting -----------------------------------------------------------------------
@@ -478,46 +444,24 @@ class EventBus:
         The wait is registered when this is called (before the caller goes on) and
         removed when the returned coroutine finishes, however it finishes.
         """
-        waiter = self._register_wait(event_type, correlation_id, filter_func)
+        waiter = self._side.register_wait(event_type, correlation_id, filter_func)
         waiting = self._wait(waiter, timeout)
         # A coroutine cancelled or dropped before its first step never runs its
         # `finally`: end the wait when the coroutine object goes away instead.
-        weakref.finalize(waiting, self._end_wait, waiter)
+        weakref.finalize(waiting, self._side.end_wait, waiter)
         return waiting
-
-    def _register_wait(
-        self, target: Target, correlation_id: str | None, filter_func: EventFilter | None
-    ) -> Waiter:
-        topic_filter, _ = self._filter_for(target)
-        future: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
-        waiter = Waiter(topic_filter, future, correlation_id, filter_func)
-        self._cancels.check_wait(waiter)  # on an id cancelled within cancel_window
-        self._waiters.add(waiter)
-        if self._subs.acquire(topic_filter):
-            self._filters.subscribe(topic_filter)
-        return waiter
-
-    def _end_wait(self, waiter: Waiter) -> None:
-        if waiter.ended:
-            return
-        waiter.ended = True
-        self._waiters.discard(waiter)
-        try:
-            self._filters.linger(waiter.topic_filter)
-        except RuntimeError:  # finalized with no event loop running: nothing to send
-            pass
 
     async def _wait(self, waiter: Waiter, timeout: float | None) -> Event | None:
         try:
             if not self._running:
                 await self.start()
-            if self._filters.pending:
-                await self._filters.settle()
+            if self._side.filters.pending:
+                await self._side.filters.settle()
             return await asyncio.wait_for(waiter.future, timeout)
         except TimeoutError:
             return None
         finally:
-            self._end_wait(waiter)
+            self._side.end_wait(waiter)
 
     # --- seams for the failure reporter --------------------------------------------------
 
@@ -543,22 +487,18 @@ class EventBus:
     def get_stats(self) -> dict[str, Any]:
         """Metrics in the seed's shape: ``metrics``, ``handler_stats`` and more."""
         stats = self.monitor.snapshot()
-        stats["handler_stats"] = [s.as_dict() for s in self._dispatcher.handler_stats]
+        stats["handler_stats"] = [s.as_dict() for s in self._side.dispatcher.handler_stats]
         stats.update(
             {
                 "url": self.url,
                 "client_id": self.client_id,
                 "running": self._running,
-                "subscriptions": len(self._subs),
-                "broker_filters": sorted(self._subs.filters),
-                "queue_size": len(self._dispatcher),
-                "max_queue_size": self.max_queue_size,
-                "pending_waits": len(self._waiters),
+                **self._side.stats(),
                 "reconnects": getattr(self._transport, "reconnects", 0),
             }
         )
         metrics = stats["metrics"]
-        metrics.update(self._cancels.stats())
+        metrics.update(self._side.cancels.stats())
         metrics["expired_messages"] = self.monitor.expired + getattr(self._transport, "expired", 0)
         return stats
 

@@ -9,7 +9,8 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .bus import EventBus, Target
+    from .bus import EventBus
+    from .receive.side import Target
     from .receive.subscriptions import EventFilter, Handler, Subscription
     from .wire.events import Event
     from .wire.models import Payload
