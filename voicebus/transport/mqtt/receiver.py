@@ -286,21 +286,12 @@ def parse_publish(data: bytearray, header: int, qos: int, v5: bool = True) -> Me
         except MalformedProperties as exc:
             log.warning("malformed properties on %s: %s", topic, exc)
             return None
-    if not props.user_properties and (folded := unfold(topic, bytes(data[pos:]))):
+    payload = bytes(data[pos:])
+    if not props.user_properties and (folded := unfold(topic, payload)):
         payload, props.correlation_data, props.user_properties = folded
-        return Message(
-            topic,
-            payload,
-            qos,
-            bool(header & 0x01),
-            props.correlation_data,
-            props.user_properties,
-            props.content_type,
-            props.subscription_ids,
-        )
     return Message(
         topic,
-        bytes(data[pos:]),
+        payload,
         qos,
         bool(header & 0x01),
         props.correlation_data,
