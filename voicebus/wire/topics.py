@@ -113,6 +113,38 @@ def matches(topic_filter: str, topic: str) -> bool:
     return len(flevels) == len(tlevels)
 
 
+def subsumes(general: str, specific: str) -> bool:
+    """True when every topic the filter `specific` matches, `general` matches too
+    (``a/#`` subsumes ``a``, ``a/+/c`` and ``a/#``; ``#`` does not subsume
+    ``$SYS/#``: a wildcard first level matches no ``$`` topic)."""
+    if general == specific:
+        return True
+    glevels = _split(general)
+    slevels = _split(specific)
+    if glevels[0] in ("+", "#") and slevels[0].startswith("$"):
+        return False
+    for index, glevel in enumerate(glevels):
+        if glevel == "#":
+            return True
+        if index >= len(slevels):
+            return False
+        slevel = slevels[index]
+        if slevel == "#":  # matches the parent level too: no topic has zero levels
+            return index == 0 and glevel == "+" and glevels[1:] == ("#",)
+        if glevel != "+" and (slevel == "+" or slevel != glevel):
+            return False
+    return len(glevels) == len(slevels)
+
+
+def covers(general: str, specific: str) -> bool:
+    """`general` makes a subscription to `specific` redundant: it subsumes it, and
+    of two filters that match the same topics (``#`` and ``+/#``) the smaller string
+    covers the other, so that exactly one of them is needed."""
+    if general == specific or not subsumes(general, specific):
+        return False
+    return general < specific or not subsumes(specific, general)
+
+
 @dataclass(frozen=True)
 class TopicTemplate:
     """A topic with ``{name}`` parameters, each a whole level."""

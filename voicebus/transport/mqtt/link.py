@@ -230,19 +230,19 @@ async def subscribe_on(
     topic_filter: str,
     subscription_id: int,
     qos: int,
-    resubscribe: bool,
+    retain_handling: int,
     v5: bool = True,
 ) -> list[Any]:
     """Subscribe `topic_filter` on `client`, its messages tagged with `subscription_id`
     (MQTT 5; 3.1.1 has neither identifiers nor options); the broker's reason codes,
-    as paho gives them (`LinkLost` if the link drops meanwhile)."""
+    as paho gives them (`LinkLost` if the link drops meanwhile). `retain_handling`
+    (MQTT 5 §3.8.3.1): 0 the retained messages come, 1 only for a subscription the
+    broker did not have (a re-subscribe: no replay of what we had), 2 none."""
     if not v5:
         return list(await until_lost(client, client.subscribe(topic_filter, qos)))
     props = Properties(PacketTypes.SUBSCRIBE)  # type: ignore[no-untyped-call]
     props.SubscriptionIdentifier = subscription_id
-    # On a re-subscribe, retained messages only come for a subscription the broker
-    # did not keep (retain handling 1): no replay of what we had.
-    options = SubscribeOptions(qos=qos, retainHandling=1 if resubscribe else 0)
+    options = SubscribeOptions(qos=qos, retainHandling=retain_handling)
     subscribing = client.subscribe(topic_filter, options=options, properties=props)
     return list(await until_lost(client, subscribing))
 

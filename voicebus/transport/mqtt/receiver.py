@@ -135,6 +135,8 @@ class Receiver:
         self._held_qos0_bytes = 0
         self.dropped_qos0 = 0
         """QoS 0 messages dropped because too many were held."""
+        self.received = 0
+        """PUBLISH packets received at QoS 0 and 1 (copies of one message included)."""
 
     @property
     def held(self) -> int:
@@ -174,6 +176,7 @@ class Receiver:
             c.ack(pm.mid, pm.qos)
 
         def handle_publish(header: int, data: bytearray) -> bool:
+            self.received += 1
             qos = (header & 0x06) >> 1
             if qos == 2:
                 return False

@@ -396,6 +396,12 @@ class MqttTransport:
         return self._receiver.held if self._receiver is not None else 0
 
     @property
+    def publishes_received(self) -> int:
+        """PUBLISH packets the broker sent (QoS 0 and 1), each copy counted: with
+        overlapping filters, how many the covering set saved (`session_filters.py`)."""
+        return self._receiver.received if self._receiver is not None else 0
+
+    @property
     def dropped_qos0(self) -> int:
         """QoS 0 messages dropped because too many were held (`receiver.QOS0_HELD_MAX`)."""
         return self._receiver.dropped_qos0 if self._receiver is not None else 0
