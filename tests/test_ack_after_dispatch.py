@@ -27,6 +27,8 @@ from tests.broker import Mosquitto
 from tests.helpers import Collector, eventually, marker
 from voicebus import Event, EventBus, EventType
 from voicebus.transport import Message
+from voicebus.transport.mqtt import receiver
+from voicebus.transport.mqtt.paho_internals import PUBACK
 from voicebus.transport.mqtt.receiver import Acks, PendingAck
 from voicebus.transport.mqtt.transport import MqttTransport
 from voicebus.wire.codec import encode
@@ -111,18 +113,27 @@ async def test_events_whose_handlers_had_not_finished_come_back_after_a_crash(
 def pubacks(monkeypatch: pytest.MonkeyPatch) -> list[tuple[paho_mqtt.Client, int]]:
     """Every PUBACK sent in this process: (paho client, packet id).
 
-    Spied on paho's private ``_send_puback`` on purpose, not on the public
-    ``ack`` the transport calls: it is where every PUBACK is written, so one paho
+    Spied where PUBACKs are written: the transport's own writer (`write_packet`,
+    as the receiver calls it) and paho's private ``_send_puback``, so one paho
     sent on its own (manual acknowledgement off) would be recorded too.
     """
     sent: list[tuple[paho_mqtt.Client, int]] = []
     original = paho_mqtt.Client._send_puback  # an internal: where paho sends a PUBACK
+    write = receiver.write_packet
 
     def record(self: paho_mqtt.Client, mid: int) -> Any:
         sent.append((self, mid))
         return original(self, mid)
 
+    def record_written(paho: paho_mqtt.Client, packet: bytes, command: int = 0x30) -> bool:
+        if command == PUBACK:
+            sent.extend(
+                (paho, (packet[i + 2] << 8) | packet[i + 3]) for i in range(0, len(packet), 4)
+            )
+        return write(paho, packet, command)
+
     monkeypatch.setattr(paho_mqtt.Client, "_send_puback", record)
+    monkeypatch.setattr(receiver, "write_packet", record_written)
     return sent
 
 
@@ -245,12 +256,18 @@ async def test_acks_of_a_lost_connection_are_not_sent_on_the_next(
 
 
 class _FakePaho:
+    """Stands in for a paho client and its socket: records the PUBACKs written."""
+
     def __init__(self) -> None:
         self.sent: list[int] = []
+        self._out_packet: list[object] = []  # nothing queued in paho
+        self._sock = self
 
-    def ack(self, mid: int, qos: int) -> None:
-        assert qos == 1
-        self.sent.append(mid)
+    def send(self, data: bytes) -> int:
+        for i in range(0, len(data), 4):
+            assert data[i : i + 2] == bytes((PUBACK, 2))
+            self.sent.append((data[i + 2] << 8) | data[i + 3])
+        return len(data)
 
 
 def test_acks_release_in_receive_order_and_stop_when_closed() -> None:

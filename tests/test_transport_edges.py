@@ -50,8 +50,8 @@ def _stop_on_connack(transport: MqttTransport, broker: Mosquitto) -> list[bool]:
     frozen: list[bool] = []
     connack = transport._connack
 
-    def hook(session_present: bool, max_packet: int | None) -> None:
-        connack(session_present, max_packet)
+    def hook(session_present: bool, max_packet: int | None, most: int | None) -> None:
+        connack(session_present, max_packet, most)
         if not frozen:
             frozen.append(True)
             _freeze(broker)

@@ -48,6 +48,11 @@ def _positive(name: str, seconds: float | None) -> float | None:
     return seconds
 
 
+def _time_out(future: asyncio.Future[Event]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())
+
+
 class EventBus:
     """An event bus on ``memory://`` (default), ``mqtt://`` or ``mqtts://``.
 
@@ -457,7 +462,14 @@ class EventBus:
                 await self.start()
             if self._side.filters.pending:
                 await self._side.filters.settle()
-            return await asyncio.wait_for(waiter.future, timeout)
+            if timeout is None:
+                return await waiter.future
+            # Not `asyncio.wait_for`: its extra task hop is round-trip time.
+            timer = asyncio.get_running_loop().call_later(timeout, _time_out, waiter.future)
+            try:
+                return await waiter.future
+            finally:
+                timer.cancel()
         except TimeoutError:
             return None
         finally:

@@ -30,7 +30,6 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ...wire.status import OFFLINE
-from ..base import Message
 from ..url import Address
 from .options import MqttOptions
 from .paho_internals import (
@@ -39,6 +38,8 @@ from .paho_internals import (
     end_link,
     link_lost,
     paho_client,
+    read_packets,
+    take_over_pubacks,
 )
 from .receiver import Acks, Receiver
 
@@ -50,8 +51,12 @@ reported again, as a warning, by the transport)."""
 
 T = TypeVar("T")
 
-Connack = Callable[[bool, int | None], None]
-"""Takes a CONNACK: session present, the broker's Maximum Packet Size."""
+Connack = Callable[[bool, int | None, int | None], None]
+"""Takes a CONNACK: session present, the broker's Maximum Packet Size and Receive
+Maximum (None: not given)."""
+Puback = Callable[[int, int], bool]
+"""Takes a PUBACK (or a QoS 2 PUBCOMP): packet id, reason code; False when the
+packet id is not one the transport is waiting for."""
 Disconnect = Callable[[int], None]
 """Takes the reason code of a DISCONNECT the broker sent (not called for a link
 that broke without one)."""
@@ -107,7 +112,7 @@ def new_client(
 
 def install(
     client: aiomqtt.Client,
-    inflight: dict[int, tuple[Message, asyncio.Future[int]]],
+    puback: Puback,
     receiver: Receiver,
     connack: Connack,
     disconnect: Disconnect,
@@ -116,8 +121,8 @@ def install(
     persistent session's queued messages already take our path); the PUBACKs
     due on this link.
 
-    PUBACKs complete the futures in `inflight` (by packet id) with their reason
-    code; CONNACK details go to `connack`, the reason of a DISCONNECT from the
+    PUBACKs go to `puback` (straight from their bytes: `take_over_pubacks`);
+    CONNACK details go to `connack`, the reason of a DISCONNECT from the
     broker to `disconnect` (before the loss is reported); received messages to
     `receiver`.
     """
@@ -140,18 +145,17 @@ def install(
         connack(
             bool(getattr(flags, "session_present", False)),
             getattr(props, "MaximumPacketSize", None),
+            getattr(props, "ReceiveMaximum", None),
         )
         aiomqtt_on_connect(c, userdata, flags, reason, props)
 
     def on_publish(c: paho_mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any) -> None:
-        entry = inflight.get(mid)
-        if entry is not None:
-            fut = entry[1]
-            if not fut.done():
-                fut.set_result(int(getattr(reason, "value", reason or 0)))
-        elif aiomqtt_on_publish is not None:
+        """What paho itself published (QoS 2: it runs the handshake)."""
+        code = int(getattr(reason, "value", reason or 0))
+        if not puback(mid, code) and aiomqtt_on_publish is not None:
             aiomqtt_on_publish(c, userdata, mid, reason, props)
 
+    take_over_pubacks(paho, puback)
     paho.on_connect = on_connect
     paho.on_publish = on_publish
     paho.on_disconnect = on_disconnect
@@ -202,6 +206,25 @@ async def enter(client: aiomqtt.Client) -> None:
         paho.on_disconnect = aiomqtt_on_disconnect
         if not failure.done():
             failure.cancel()
+
+
+def read_all(client: aiomqtt.Client) -> None:
+    """Once `client` is connected: read every packet its socket holds at each readable
+    callback (aiomqtt's reads one, so each further packet costs a loop iteration)."""
+    paho = paho_client(client)
+    sock = paho.socket()
+    if sock is None:
+        return
+    lost = link_lost(client)
+
+    def on_readable() -> None:
+        try:
+            read_packets(paho)
+        except Exception as exc:  # as aiomqtt does: the link is broken
+            if not lost.done():
+                lost.set_exception(exc)
+
+    asyncio.get_running_loop().add_reader(sock.fileno(), on_readable)
 
 
 def _set_result(fut: asyncio.Future[str], value: str) -> None:

@@ -10,8 +10,9 @@ paho-mqtt (`paho.mqtt.client.Client`)
   their bytes (`properties.py`) and handed to the transport without paho's
   `MQTTMessage` and MQTT 5 `Properties` objects (decoded in Python, they cost
   about half of a receive), and without paho's automatic PUBACK: the transport
-  sends that itself, through paho's public manual acknowledgement
-  (``manual_ack_set(True)`` and ``ack(mid, 1)``), once its receiver is done.
+  sends that itself once its receiver is done, written like its publishes
+  (`write_packet`); paho's manual acknowledgement (``manual_ack_set(True)``,
+  ``ack``) stays on for the QoS 2 messages left to paho.
 - ``_in_packet`` again (`disconnect_reason`): the reason code of a DISCONNECT
   the broker sent, read from the packet itself, because paho 2.1 drops it when
   the packet carries no properties (Mosquitto's "malformed packet" arrives as a
@@ -19,6 +20,21 @@ paho-mqtt (`paho.mqtt.client.Client`)
 - ``_sock_close`` (`close_socket`, `end_link`): end a link at once, as paho does
   on a keepalive timeout, when a connect broke before its CONNACK or the broker
   stopped acknowledging (``disconnect()`` would wait for a broker that is gone).
+
+- ``_handle_pubackcomp`` is wrapped (`take_over_pubacks`): a PUBACK for a packet
+  id the transport sent itself completes its future straight from the packet's
+  bytes (paho would build a `ReasonCode` and a `Properties` and look in its own
+  ``_out_messages``, where our publishes are not).
+- ``_sock``, ``_out_packet``, ``_packet_queue``, ``_mid_generate`` (`write_packet`,
+  `next_mid`): a PUBLISH packet the transport built (and the PUBACKs it sends for
+  received messages) is written on the socket at once when paho has nothing
+  queued before it, else queued behind paho's own packets (never reordered).
+  ``Client.publish`` costs a `MQTTMessageInfo` with a ``threading.Condition``,
+  a `Properties` and a `ReasonCode` per QoS 0 message,
+  and, under aiomqtt, a thread-safe wake-up plus two loop iterations before the
+  bytes leave (its write callback is registered with ``call_soon_threadsafe``).
+- ``_packet_read`` (`read_packets`): read every packet the socket holds in one
+  readable callback (``loop_read`` reads one while paho has nothing in flight).
 
 aiomqtt (`aiomqtt.Client`)
 - ``_client`` (`paho_client`): its paho client, which has no public accessor; we
@@ -41,8 +57,10 @@ from __future__ import annotations
 
 import asyncio
 import re
+import ssl
 from collections.abc import Callable
 from importlib import metadata
+from typing import Any
 
 import aiomqtt
 import paho.mqtt.client as paho_mqtt
@@ -92,6 +110,71 @@ def take_over_publish(paho: paho_mqtt.Client, handle: PublishHandler) -> None:
         return original()
 
     paho._handle_publish = handle_publish  # type: ignore[method-assign]  # noqa: SLF001
+
+
+PubackHandler = Callable[[int, int], bool]
+"""Takes a received PUBACK: packet id and reason code; False leaves it to paho."""
+
+PUBLISH = 0x30
+PUBACK = 0x40
+
+
+def take_over_pubacks(paho: paho_mqtt.Client, handle: PubackHandler) -> None:
+    """Hand every PUBACK `paho` reads to `handle` first (from paho's read callback)."""
+    original = paho._handle_pubackcomp  # noqa: SLF001
+
+    def handle_pubackcomp(cmd: Any) -> MQTTErrorCode:
+        if cmd == "PUBACK":
+            data = paho._in_packet["packet"]  # noqa: SLF001
+            if len(data) >= 2 and handle((data[0] << 8) | data[1], data[2] if len(data) > 2 else 0):
+                return MQTTErrorCode.MQTT_ERR_SUCCESS
+        return original(cmd)
+
+    paho._handle_pubackcomp = handle_pubackcomp  # type: ignore[method-assign]  # noqa: SLF001
+
+
+def next_mid(paho: paho_mqtt.Client) -> int:
+    """A packet id from `paho`'s own sequence (so it never collides with paho's)."""
+    return paho._mid_generate()  # noqa: SLF001
+
+
+def write_packet(paho: paho_mqtt.Client, packet: bytes, command: int = PUBLISH) -> bool:
+    """Send `packet` (PUBLISH, or PUBACK packets) on `paho`'s socket now, or queue it
+    behind what paho has queued; False when there is no connection. paho makes no
+    ``on_publish`` callback for it (it is queued marked as QoS 1: paho calls back for
+    a QoS 0 PUBLISH only)."""
+    sock = paho._sock  # noqa: SLF001
+    if sock is None:
+        return False
+    if not paho._out_packet:  # noqa: SLF001
+        try:
+            sent = sock.send(packet)
+        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            sent = 0
+        except OSError:  # the link is breaking: paho's next read or write reports it
+            sent = 0
+        if sent == len(packet):
+            return True
+        packet = packet[sent:]
+    paho._packet_queue(command, packet, 0, 1)  # noqa: SLF001
+    return True
+
+
+def read_packets(paho: paho_mqtt.Client, limit: int = 256) -> MQTTErrorCode:
+    """Read and handle up to `limit` packets `paho`'s socket holds now (a readable
+    callback: ``loop_read`` reads one while paho itself has nothing in flight)."""
+    rc = MQTTErrorCode.MQTT_ERR_SUCCESS
+    for _ in range(limit):
+        if paho._sock is None:  # noqa: SLF001
+            return MQTTErrorCode.MQTT_ERR_NO_CONN
+        rc = paho._packet_read()  # noqa: SLF001
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            break
+    if rc == MQTTErrorCode.MQTT_ERR_AGAIN:
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+    if rc > 0:
+        return paho._loop_rc_handle(rc)  # noqa: SLF001
+    return rc
 
 
 def disconnect_reason(paho: paho_mqtt.Client) -> int | None:

@@ -71,6 +71,22 @@ def pack_publish_properties(
     return encode_varint(len(body)) + bytes(body)
 
 
+def publish_packet(
+    topic: str, payload: bytes, qos: int, retain: bool, mid: int, properties: bytes | None
+) -> bytes:
+    """A whole PUBLISH packet (QoS 0 or 1; `properties`: the packed MQTT 5 property
+    section, None over 3.1.1), as paho would write it."""
+    raw = topic.encode("utf-8")
+    parts = [len(raw).to_bytes(2, "big"), raw]
+    if qos:
+        parts.append(mid.to_bytes(2, "big"))
+    if properties is not None:
+        parts.append(properties)
+    parts.append(payload)
+    size = sum(len(part) for part in parts)
+    return b"".join([bytes((0x30 | qos << 1 | retain,)), encode_varint(size), *parts])
+
+
 @dataclass(frozen=True, slots=True)
 class PackedProperties:
     """Stands in for paho's `Properties` on publish: paho only calls `pack()`."""

@@ -50,12 +50,15 @@ from .errors import publish_error
 from .link import LinkLost
 from .options import MqttOptions
 from .outbox import REQUEUED, Outbox
-from .properties import PackedProperties, pack_message_properties
+from .paho_internals import next_mid, write_packet
+from .properties import PackedProperties, pack_message_properties, publish_packet
 
 log = logging.getLogger("voicebus.mqtt")
 
 FLUSH_WINDOW = 100
 """QoS 1 messages in flight while the outbox is flushed after a reconnect."""
+RECEIVE_MAXIMUM = 65_535
+"""A broker's Receive Maximum when its CONNACK names none (MQTT 5 §3.2.2.3.3)."""
 PACKET_OVERHEAD = 16
 """Fixed header, lengths and packet id of a PUBLISH, on top of topic, properties, payload."""
 
@@ -87,13 +90,22 @@ class Publisher:
         """The last message `send` put on the link (the probe must be it)."""
         self.expired = 0
         """Messages dropped from the outbox because they went stale while queued."""
+        self.window = RECEIVE_MAXIMUM
+        """QoS 1 messages in flight at most on this link: the broker's Receive Maximum."""
+        self._slots: deque[asyncio.Future[None]] = deque()
+        """Publishes waiting for room in the window, first come first served."""
+        self._granted = 0
+        """Slots handed to waiters that have not sent yet."""
 
     # --- the link ------------------------------------------------------------------
 
-    def link_up(self, paho: paho_mqtt.Client, broker_max_packet: int | None) -> None:
+    def link_up(
+        self, paho: paho_mqtt.Client, broker_max_packet: int | None, receive_max: int | None
+    ) -> None:
         """A new link (not yet resumed: `publish` still queues)."""
         self.link = paho
         self.online = False
+        self.window = max(1, receive_max or RECEIVE_MAXIMUM)
         self.broker_max_packet = broker_max_packet
         self.payload_limit = self.options.max_payload_size
         if broker_max_packet:
@@ -102,6 +114,72 @@ class Publisher:
     def link_down(self) -> None:
         self.link = None
         self.online = False
+        self._granted = 0
+        while self._slots:  # they find the link gone, and go to the outbox
+            waiter = self._slots.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def puback(self, mid: int, code: int) -> bool:
+        """A PUBACK came for packet `mid` (from paho's read callback): complete its
+        future and make room in the window; False when `mid` is not ours."""
+        entry = self.inflight.pop(mid, None)
+        if entry is None:
+            return False
+        fut = entry[1]
+        if not fut.done():
+            fut.set_result(code)
+        self._wake()
+        return True
+
+    def _wake(self) -> None:
+        """Hand the room in the window to the publishes waiting for it, in order."""
+        slots = self._slots
+        while slots and len(self.inflight) + self._granted < self.window:
+            waiter = slots.popleft()
+            if not waiter.done():
+                self._granted += 1
+                waiter.set_result(None)
+
+    async def _room(self, paho: paho_mqtt.Client) -> bool:
+        """Wait for room in the window; False when the link changed meanwhile."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._slots.append(waiter)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self._granted -= 1  # granted, not used: pass it on
+                self._wake()
+            raise
+        if self.link is not paho:
+            return False
+        self._granted -= 1
+        return True
+
+    def _full(self) -> bool:
+        return bool(self._slots) or len(self.inflight) + self._granted >= self.window
+
+    def _write(
+        self,
+        paho: paho_mqtt.Client,
+        message: Message,
+        payload: bytes,
+        props: PackedProperties | None,
+    ) -> tuple[MQTTErrorCode, int]:
+        """Put `message` on `paho`'s link: paho's result code and the packet id. QoS 0
+        and 1 go straight onto the socket (`paho_internals.write_packet`); QoS 2 takes
+        paho's path (its handshake)."""
+        qos = message.qos
+        if qos > 1:
+            info = paho.publish(message.topic, payload, qos, message.retain, props)  # type: ignore[arg-type]
+            return info.rc, info.mid
+        mid = next_mid(paho) if qos else 0
+        packed = props.packed if props is not None else None
+        packet = publish_packet(message.topic, payload, qos, message.retain, mid, packed)
+        if not write_packet(paho, packet):
+            return MQTTErrorCode.MQTT_ERR_NO_CONN, mid
+        return MQTTErrorCode.MQTT_ERR_SUCCESS, mid
 
     def requeue(self, refused: bool, reason: object) -> None:
         """The link dropped: wake every PUBACK waiter, queue their messages again.
@@ -146,26 +224,32 @@ class Publisher:
         payload, props = self.wire(message)
         if self.over_broker_limit(message, props.packed if props else b""):
             raise self.too_large(message)
-        info = paho.publish(message.topic, payload, message.qos, message.retain, props)  # type: ignore[arg-type]
-        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
+        if message.qos and self._full() and not await self._room(paho):
+            self._check_open()  # the link changed while we waited
+            self.outbox.put(message)
+            return
+        rc, mid = self._write(paho, message, payload, props)
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            if rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
                 self._check_open()
                 self.outbox.put(message)
                 return
-            raise TransportError(f"cannot publish to {self.url}: {paho_mqtt.error_string(info.rc)}")
+            raise TransportError(f"cannot publish to {self.url}: {paho_mqtt.error_string(rc)}")
         if message.qos == 0:
             return
-        mid = info.mid
-        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[int] = loop.create_future()
         self.inflight[mid] = (message, fut)
+        timer = loop.call_later(self.options.publish_timeout, _time_out, fut)
         try:
-            code = await asyncio.wait_for(fut, self.options.publish_timeout)
+            code = await fut  # no `wait_for`: its extra task hop costs round-trip time
         except TimeoutError:
             raise PublishTimeoutError(
                 f"{self.url} did not acknowledge a publish on {message.topic} within "
                 f"{self.options.publish_timeout}s"
             ) from None
         finally:
+            timer.cancel()
             self.outbox.forget(mid, fut)
         if code >= 0x80:
             raise publish_error(self.url, message.topic, code)
@@ -196,25 +280,19 @@ class Publisher:
         if self.over_broker_limit(message, props.packed if props else b""):
             self.undeliverable(message, self.too_large(message))
             return None
-        info = paho.publish(
-            message.topic,
-            payload,
-            message.qos,
-            message.retain,
-            props,  # type: ignore[arg-type]
-        )
-        if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
+        rc, mid = self._write(paho, message, payload, props)
+        if rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
             self.outbox.queued.appendleft(message)
             raise LinkLost
-        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            self.refused(message, int(info.rc))
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self.refused(message, int(rc))
             return None
         self._last_sent = message
         if message.qos == 0:
             return None
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self.inflight[info.mid] = (message, fut)
-        fut.add_done_callback(lambda _: self.outbox.forget(info.mid, fut))
+        self.inflight[mid] = (message, fut)
+        fut.add_done_callback(lambda _: self.outbox.forget(mid, fut))
         return fut
 
     async def flush(self, paho: paho_mqtt.Client, give_up: Callable[[str], None]) -> None:
@@ -224,7 +302,7 @@ class Publisher:
         queued = self.outbox.queued
         window: deque[tuple[Message, asyncio.Future[int]]] = deque()
         while queued or window:
-            while queued and len(window) < FLUSH_WINDOW:
+            while queued and len(window) < min(FLUSH_WINDOW, self.window):
                 if self.link is not paho:
                     raise LinkLost
                 suspect = queued[0] is self._suspect
@@ -324,3 +402,8 @@ class Publisher:
             f"payload of {len(message.payload)} bytes on {message.topic} exceeds the "
             f"limit of {limit} bytes ({where}); send large data out of band"
         )
+
+
+def _time_out(fut: asyncio.Future[int]) -> None:
+    if not fut.done():
+        fut.set_exception(TimeoutError())

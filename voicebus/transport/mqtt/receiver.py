@@ -4,9 +4,9 @@ its flow control.
 On each new paho client `Receiver.attach` takes over received PUBLISH packets
 (QoS 0 and 1): decoded here from their bytes (properties by `properties.py`),
 the 2nd.. copy of an overlap dropped (`is_copy`), handed to `deliver` without a
-task per message. Their PUBACKs, sent with paho's public manual acknowledgement,
-go out right after, or, when acks are deferred, once the receiver is done
-(`Acks`, in receive order).
+task per message. Their PUBACKs (written on the socket as our publishes are:
+`paho_internals.write_packet`) go out right after, or, when acks are deferred,
+once the receiver is done (`Acks`, in receive order).
 
 **Flow control (back-pressure that keeps the link).** When the bus's queue is
 full it calls `pause`: the socket is still read (PINGRESP, PUBACK, SUBACK, so
@@ -38,7 +38,7 @@ import paho.mqtt.client as paho_mqtt
 
 from ...wire.envelope311 import unfold
 from ..base import Message, MessageCallback
-from .paho_internals import take_over_publish
+from .paho_internals import PUBACK, take_over_publish, write_packet
 from .properties import MalformedProperties, PublishProperties, unpack_publish_properties
 
 log = logging.getLogger("voicebus.mqtt")
@@ -97,11 +97,12 @@ class Acks:
             return
         token.done = True
         pending = self._pending
-        paho = self._paho
+        due = bytearray()
         while pending and pending[0].done:
             mid = pending.popleft().mid
-            if paho is not None:
-                paho.ack(mid, 1)
+            due += bytes((PUBACK, 2, mid >> 8, mid & 0xFF))
+        if due and self._paho is not None:
+            write_packet(self._paho, bytes(due), PUBACK)
 
     def close(self) -> None:
         """The link is gone: send nothing more."""

@@ -53,14 +53,7 @@ from ..base import Message, MessageCallback
 from ..url import BusURL
 from .errors import BROKER_HINT, connect_error, refusal
 from .failover import Brokers
-from .link import (
-    LinkLost,
-    enter,
-    give_up,
-    install,
-    new_client,
-    paho_log,
-)
+from .link import LinkLost, enter, give_up, install, new_client, paho_log, read_all
 from .options import MqttOptions, tls_context
 from .paho_internals import check_versions, link_lost, paho_client
 from .publisher import Publisher, PublishFailed
@@ -94,6 +87,7 @@ class MqttTransport:
         self._link_lost = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
         self._broker_max_packet: int | None = None
+        self._receive_max: int | None = None
         self.session_present = False
         self.reconnects = 0
 
@@ -191,22 +185,24 @@ class MqttTransport:
         assert receiver is not None  # made by `connect`
         client = new_client(self._brokers.current, self.options, self._tls_context())
         said: list[int] = []  # the reason of a DISCONNECT the broker sent, if it did
-        acks = install(client, self._inflight, receiver, self._connack, said.append)
+        acks = install(client, self._publisher.puback, receiver, self._connack, said.append)
         try:
             await enter(client)
         except aiomqtt.MqttError as exc:
             raise connect_error(self.url, exc) from None
+        read_all(client)
         self._link = client
         self._paho = paho_client(client)
-        self._publisher.link_up(self._paho, self._broker_max_packet)
+        self._publisher.link_up(self._paho, self._broker_max_packet, self._receive_max)
         lost = link_lost(client)
         lost.add_done_callback(lambda _: acks.close())
         lost.add_done_callback(lambda fut: self._lost(client, fut, said))
         return client
 
-    def _connack(self, session_present: bool, max_packet: int | None) -> None:
+    def _connack(self, session_present: bool, max_packet: int | None, most: int | None) -> None:
         self.session_present = session_present
         self._broker_max_packet = max_packet
+        self._receive_max = most
 
     def _lost(
         self, client: aiomqtt.Client, fut: asyncio.Future[None], said: list[int]
