@@ -33,6 +33,7 @@ from ...wire.status import OFFLINE
 from ..url import Address
 from .options import MqttOptions
 from .paho_internals import (
+    buffer_reads,
     close_socket,
     disconnect_reason,
     end_link,
@@ -208,23 +209,35 @@ async def enter(client: aiomqtt.Client) -> None:
             failure.cancel()
 
 
-def read_all(client: aiomqtt.Client) -> None:
+def read_all(client: aiomqtt.Client, acks: Acks) -> None:
     """Once `client` is connected: read every packet its socket holds at each readable
-    callback (aiomqtt's reads one, so each further packet costs a loop iteration)."""
+    callback (aiomqtt's reads one, so each further packet costs a loop iteration),
+    through a buffer (`buffer_reads`); the PUBACKs due for them go out together."""
     paho = paho_client(client)
     sock = paho.socket()
     if sock is None:
         return
     lost = link_lost(client)
+    loop = asyncio.get_running_loop()
+    reads = buffer_reads(paho)
+    again: list[asyncio.Handle] = []  # a read scheduled for what is left over (one at most)
 
     def on_readable() -> None:
+        again.clear()
+        acks.holding = True
         try:
-            read_packets(paho)
+            read_packets(paho, reads)
         except Exception as exc:  # as aiomqtt does: the link is broken
             if not lost.done():
                 lost.set_exception(exc)
+            return
+        finally:
+            acks.holding = False
+            acks.flush()
+        if reads.left_over() and not again and not lost.done():  # read, not handled: no wake-up
+            again.append(loop.call_soon(on_readable))
 
-    asyncio.get_running_loop().add_reader(sock.fileno(), on_readable)
+    loop.add_reader(sock.fileno(), on_readable)
 
 
 def _set_result(fut: asyncio.Future[str], value: str) -> None:

@@ -34,7 +34,8 @@ paho-mqtt (`paho.mqtt.client.Client`)
   and, under aiomqtt, a thread-safe wake-up plus two loop iterations before the
   bytes leave (its write callback is registered with ``call_soon_threadsafe``).
 - ``_packet_read`` (`read_packets`): read every packet the socket holds in one
-  readable callback (``loop_read`` reads one while paho has nothing in flight).
+  readable callback (``loop_read`` reads one while paho has nothing in flight);
+  ``_sock_recv`` (`buffer_reads`) serves paho's small reads from one large one.
 
 aiomqtt (`aiomqtt.Client`)
 - ``_client`` (`paho_client`): its paho client, which has no public accessor; we
@@ -160,15 +161,64 @@ def write_packet(paho: paho_mqtt.Client, packet: bytes, command: int = PUBLISH) 
     return True
 
 
-def read_packets(paho: paho_mqtt.Client, limit: int = 256) -> MQTTErrorCode:
-    """Read and handle up to `limit` packets `paho`'s socket holds now (a readable
-    callback: ``loop_read`` reads one while paho itself has nothing in flight)."""
+class Reads:
+    """`paho`'s socket read in large chunks (`buffer_reads`): what was read so far."""
+
+    __slots__ = ("chunk", "pos", "total")
+
+    def __init__(self) -> None:
+        self.chunk = b""
+        self.pos = 0
+        self.total = 0
+        """Bytes received on the socket so far."""
+
+    def left_over(self) -> bool:
+        """Bytes read from the socket and not yet taken by paho (then the socket may
+        not be readable while a packet is already here)."""
+        return self.pos < len(self.chunk)
+
+
+def buffer_reads(paho: paho_mqtt.Client) -> Reads:
+    """Read `paho`'s socket in chunks of up to 64 KiB: paho asks for a packet's first
+    byte, each byte of its length, then the rest (three ``recv`` calls or more per
+    packet); they are served from one ``recv``."""
+    original = paho._sock_recv  # noqa: SLF001  (its errors are paho's own)
+    reads = Reads()
+
+    def sock_recv(bufsize: int) -> bytes:
+        chunk, pos = reads.chunk, reads.pos
+        if pos >= len(chunk):
+            if bufsize >= 4096:  # the rest of a large packet: straight, not copied twice
+                data = original(bufsize)
+                reads.total += len(data)
+                return data
+            chunk = original(65536)
+            if not chunk:
+                return chunk  # closed: paho reports the loss
+            reads.chunk, pos = chunk, 0
+            reads.total += len(chunk)
+        end = pos + bufsize
+        reads.pos = end
+        return chunk[pos:end]
+
+    paho._sock_recv = sock_recv  # type: ignore[method-assign]  # noqa: SLF001
+    return reads
+
+
+def read_packets(
+    paho: paho_mqtt.Client, reads: Reads, limit: int = 100, budget: int = 65536
+) -> MQTTErrorCode:
+    """Read and handle the packets `paho`'s socket holds now (a readable callback:
+    ``loop_read`` reads one while paho itself has nothing in flight): at most `limit`
+    packets, or until `budget` bytes were received (so a flood of large messages is
+    read no faster than the bus takes them)."""
     rc = MQTTErrorCode.MQTT_ERR_SUCCESS
+    until = reads.total + budget
     for _ in range(limit):
         if paho._sock is None:  # noqa: SLF001
             return MQTTErrorCode.MQTT_ERR_NO_CONN
         rc = paho._packet_read()  # noqa: SLF001
-        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or reads.total >= until:
             break
     if rc == MQTTErrorCode.MQTT_ERR_AGAIN:
         return MQTTErrorCode.MQTT_ERR_SUCCESS

@@ -1,11 +1,13 @@
 """The publish path of the MQTT transport: straight onto the link, or into the outbox.
 
-`Publisher` sends on the paho client of the current link with pre-packed
-properties (`properties.py`) and completes its own PUBACK futures (registered
-in `Outbox.inflight`, completed by `link.py`). While the link is down or being
-resumed, messages go into the `Outbox` and `flush` sends them, in order, once
-the next link is up. It also enforces the payload limit and the broker's
-Maximum Packet Size (a packet over it would cost the link).
+`Publisher` sends on the paho client of the current link, as PUBLISH packets it
+builds itself (`writer.py`, properties pre-packed by `properties.py`), and
+completes its own PUBACK futures (registered in `Outbox.inflight`, completed by
+`puback` from the link's read callback). At most the broker's Receive Maximum
+QoS 1 publishes are in flight (`window`); more wait their turn, in order. While
+the link is down or being resumed, messages go into the `Outbox` and `flush`
+sends them, in order, once the next link is up. It also enforces the payload
+limit and the broker's Maximum Packet Size (a packet over it would cost the link).
 
 **A message the broker refuses by closing the link** (Mosquitto sends a
 DISCONNECT "malformed packet" for a PUBLISH with a control character in its
@@ -50,8 +52,8 @@ from .errors import publish_error
 from .link import LinkLost
 from .options import MqttOptions
 from .outbox import REQUEUED, Outbox
-from .paho_internals import next_mid, write_packet
-from .properties import PackedProperties, pack_message_properties, publish_packet
+from .properties import PackedProperties, pack_message_properties
+from .writer import BURST, Writer
 
 log = logging.getLogger("voicebus.mqtt")
 
@@ -96,6 +98,9 @@ class Publisher:
         """Publishes waiting for room in the window, first come first served."""
         self._granted = 0
         """Slots handed to waiters that have not sent yet."""
+        self._unyielded = 0
+        """QoS 0 publishes since `publish` last let the event loop run."""
+        self._writer = Writer()
 
     # --- the link ------------------------------------------------------------------
 
@@ -160,27 +165,6 @@ class Publisher:
     def _full(self) -> bool:
         return bool(self._slots) or len(self.inflight) + self._granted >= self.window
 
-    def _write(
-        self,
-        paho: paho_mqtt.Client,
-        message: Message,
-        payload: bytes,
-        props: PackedProperties | None,
-    ) -> tuple[MQTTErrorCode, int]:
-        """Put `message` on `paho`'s link: paho's result code and the packet id. QoS 0
-        and 1 go straight onto the socket (`paho_internals.write_packet`); QoS 2 takes
-        paho's path (its handshake)."""
-        qos = message.qos
-        if qos > 1:
-            info = paho.publish(message.topic, payload, qos, message.retain, props)  # type: ignore[arg-type]
-            return info.rc, info.mid
-        mid = next_mid(paho) if qos else 0
-        packed = props.packed if props is not None else None
-        packet = publish_packet(message.topic, payload, qos, message.retain, mid, packed)
-        if not write_packet(paho, packet):
-            return MQTTErrorCode.MQTT_ERR_NO_CONN, mid
-        return MQTTErrorCode.MQTT_ERR_SUCCESS, mid
-
     def requeue(self, refused: bool, reason: object) -> None:
         """The link dropped: wake every PUBACK waiter, queue their messages again.
 
@@ -228,7 +212,7 @@ class Publisher:
             self._check_open()  # the link changed while we waited
             self.outbox.put(message)
             return
-        rc, mid = self._write(paho, message, payload, props)
+        rc, mid = self._writer.write(paho, message, payload, props)
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             if rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
                 self._check_open()
@@ -236,6 +220,10 @@ class Publisher:
                 return
             raise TransportError(f"cannot publish to {self.url}: {paho_mqtt.error_string(rc)}")
         if message.qos == 0:
+            self._unyielded += 1
+            if self._unyielded >= BURST:  # a QoS 0 publish never waits: let the rest of
+                self._unyielded = 0  # the process (this bus's own receiving) run too
+                await asyncio.sleep(0)
             return
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[int] = loop.create_future()
@@ -280,7 +268,7 @@ class Publisher:
         if self.over_broker_limit(message, props.packed if props else b""):
             self.undeliverable(message, self.too_large(message))
             return None
-        rc, mid = self._write(paho, message, payload, props)
+        rc, mid = self._writer.write(paho, message, payload, props)
         if rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
             self.outbox.queued.appendleft(message)
             raise LinkLost

@@ -69,12 +69,16 @@ class Acks:
     and a persistent session's broker sends the unacknowledged messages again.
     """
 
-    __slots__ = ("_limit", "_paho", "_pending")
+    __slots__ = ("_due", "_limit", "_paho", "_pending", "holding")
 
     def __init__(self, paho: paho_mqtt.Client, limit: int = 10) -> None:
         self._paho: paho_mqtt.Client | None = paho
         self._pending: deque[PendingAck] = deque()
         self._limit = max(1, limit)
+        self._due = bytearray()
+        """PUBACK packets released, not yet written."""
+        self.holding = False
+        """Set while the link's packets are read: the PUBACKs go out together after."""
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -97,17 +101,26 @@ class Acks:
             return
         token.done = True
         pending = self._pending
-        due = bytearray()
+        due = self._due
         while pending and pending[0].done:
             mid = pending.popleft().mid
             due += bytes((PUBACK, 2, mid >> 8, mid & 0xFF))
-        if due and self._paho is not None:
-            write_packet(self._paho, bytes(due), PUBACK)
+        if due and not self.holding:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the PUBACKs released so far (in one packet write)."""
+        if self._due:
+            data = bytes(self._due)
+            self._due.clear()
+            if self._paho is not None:
+                write_packet(self._paho, data, PUBACK)
 
     def close(self) -> None:
         """The link is gone: send nothing more."""
         self._paho = None
         self._pending.clear()
+        self._due.clear()
 
 
 class Receiver:

@@ -190,7 +190,7 @@ class MqttTransport:
             await enter(client)
         except aiomqtt.MqttError as exc:
             raise connect_error(self.url, exc) from None
-        read_all(client)
+        read_all(client, acks)
         self._link = client
         self._paho = paho_client(client)
         self._publisher.link_up(self._paho, self._broker_max_packet, self._receive_max)
