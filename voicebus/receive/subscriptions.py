@@ -1,7 +1,9 @@
 """Local subscriptions: which handlers run for a topic, in which order.
 
-One broker subscription per distinct filter (reference counted here); dispatch is
-local, so overlapping filters still give each subscription every event once.
+One transport subscription per distinct filter (reference counted here; over
+MQTT 5 the transport sends the broker only a covering set of them:
+`transport/mqtt/session_filters.py`); dispatch is local, so overlapping filters
+still give each subscription every event once.
 """
 
 from __future__ import annotations
