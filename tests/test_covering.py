@@ -226,3 +226,28 @@ async def test_a_group_is_neither_covered_nor_a_cover(mosquitto: Mosquitto) -> N
         assert [e.data["seq"] for e in log_a.events] == list(range(20))
         assert sorted(e.data["seq"] for e in work_a.events + work_b.events) == list(range(20))
         assert work_a.events and work_b.events
+
+
+async def test_a_covered_filter_added_offline_gets_the_retained_messages_on_reconnect(
+    fresh_mosquitto: Mosquitto,
+) -> None:
+    """A persistent session keeps the cover on the broker, so re-subscribing it brings
+    no retained messages: the covered filter added while offline fetches its own."""
+    broker = fresh_mosquitto
+    url = broker.url()
+    bus = EventBus(url, client_id=f"fetch-{uuid.uuid4().hex[:8]}", session_expiry=3600)
+    async with bus, EventBus(url) as peer:
+        await peer.publish_message(Message(TOPIC, b'{"seq": 3}', retain=True))
+        wide, narrow = Collector("wide"), Collector("narrow")
+        bus.subscribe("vbtest/#", wide)
+        await wide.wait(1)
+        transport = _transport(bus)
+        await asyncio.to_thread(broker.stop)
+        await eventually(lambda: not transport.connected)
+        bus.subscribe("vbtest/a/+/c/d/e/f", narrow)  # covered, no link
+        await asyncio.to_thread(broker.start)
+        await eventually(lambda: transport.reconnects == 1 and transport.online, 15)
+        assert transport.session_present
+        (event,) = await narrow.wait(1)
+        assert event.data["seq"] == 3
+        assert _wire(bus) == {"vbtest/#"}

@@ -76,6 +76,9 @@ class SessionFilters:
         self.wire: dict[str, int] = {}
         """Filter -> QoS of what the broker is (or, on the next link, will be) subscribed to."""
         self.dropped: set[str] = set()
+        self.fetches: set[str] = set()
+        """Covered filters added while the link was down: their retained messages are
+        fetched on the next link (`Change.fetch`)."""
         self._transient: dict[str, int] = {}
         """Filters on the broker for a moment only (being fetched, or unsubscribed
         after what replaces them was subscribed) -> their subscription ids."""

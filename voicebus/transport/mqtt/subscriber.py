@@ -94,6 +94,8 @@ class Subscriber:
             self.filters.gone(topic_filter)
             if self.options.session_expiry:
                 self.filters.dropped.add(topic_filter)
+        if change.fetch is not None:
+            self.filters.fetches.add(change.fetch)
 
     async def _apply(self, client: aiomqtt.Client, change: Change) -> None:
         """Send `change` on `client`: subscriptions, the fetch, then unsubscriptions
@@ -171,6 +173,15 @@ class Subscriber:
             unsubscribing = until_lost(client, client.unsubscribe(topic_filter))
             await step(unsubscribing, f"unsubscribing {topic_filter!r}")
         filters.dropped.clear()
+        fetches, filters.fetches = filters.fetches, set()
+        for topic_filter in fetches:  # covered, added while there was no link
+            sid = filters.ids.get(topic_filter)
+            if sid is None or topic_filter in filters.wire:
+                continue
+            try:
+                await step(self._fetch(client, topic_filter, sid), f"fetching {topic_filter!r}")
+            except VoicebusError as exc:  # refused (not a transport failure): no retained
+                log.warning("retained messages of %r not fetched: %s", topic_filter, exc)
 
     async def _retrying(
         self, client: aiomqtt.Client, topic_filter: str, sid: int, qos: int
