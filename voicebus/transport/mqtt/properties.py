@@ -178,10 +178,20 @@ def unpack_publish_properties(data: bytes | bytearray, pos: int) -> tuple[Publis
     while pos < end:
         ident = data[pos]
         pos += 1
-        if ident == USER_PROPERTY:
-            key, pos = _read_str(data, pos)
-            value, pos = _read_str(data, pos)
-            users.append((key, value))
+        if ident == USER_PROPERTY:  # the hot case (the envelope): inlined
+            if pos + 2 > end:
+                raise MalformedProperties("truncated length")
+            mid = pos + 2 + ((data[pos] << 8) | data[pos + 1])
+            if mid + 2 > end:
+                raise MalformedProperties("truncated string or binary data")
+            stop = mid + 2 + ((data[mid] << 8) | data[mid + 1])
+            if stop > end:
+                raise MalformedProperties("truncated string or binary data")
+            try:
+                users.append((data[pos + 2 : mid].decode(), data[mid + 2 : stop].decode()))
+            except UnicodeDecodeError:
+                raise MalformedProperties("property string is not UTF-8") from None
+            pos = stop
         elif ident == CORRELATION_DATA:
             props.correlation_data, pos = _read_bin(data, pos)
         elif ident == SUBSCRIPTION_ID:
