@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import shutil
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 from typer.testing import CliRunner
 
 from voicebus import Event, EventBus, EventType
 from voicebus.cli.app import app
-from voicebus.cli.satellite import satellite_config
+from voicebus.cli.satellite import TEMPLATE, satellite_config, template_text
 from voicebus.wire.models import Payload
 from voicebus.wire.routes import ROUTES, Route, RouteTable
 from voicebus.wire.topics import TopicTemplate
@@ -52,6 +56,57 @@ def test_the_generated_config() -> None:
     assert all(t.endswith(" 1") for t in topics)  # QoS 1 everywhere
     assert all("kitchen" in t or " out " in t for t in topics)  # other sites never come in
     assert config_value("mosquitto.conf", "listener")  # the satellite's own broker config
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_template_is_package_data_in_the_wheel(tmp_path: Path) -> None:
+    """`satellite-config` works from an installed wheel (no source tree): the wheel
+    is built from a copy of the project (pip, as a user installs it: about 3 s) and
+    run from its unpacked files. The copy in mosquitto/ is the same file."""
+    assert (ROOT / "mosquitto" / TEMPLATE).read_text(encoding="utf-8") == template_text()
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    skip = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(ROOT / "voicebus", src / "voicebus", ignore=skip)
+    wheels = tmp_path / "wheels"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(src)],
+        check=True,
+        timeout=120,
+    )
+    (wheel,) = wheels.glob("voicebus-*.whl")
+    installed = tmp_path / "installed"
+    with zipfile.ZipFile(wheel) as archive:
+        assert f"voicebus/cli/templates/{TEMPLATE}" in archive.namelist()
+        archive.extractall(installed)
+    shutil.rmtree(src)  # nothing of a source tree is left to read from
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import voicebus; print(voicebus.__file__)\n"
+            "from voicebus.cli.app import app; app()",
+            "satellite-config",
+            "--site",
+            "kitchen",
+            "--central",
+            "mqtt://127.0.0.1:1883",
+        ],
+        env={"PYTHONPATH": str(installed), "PATH": "/usr/bin:/bin"},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    where, config = run.stdout.split("\n", 1)
+    assert Path(where).is_relative_to(installed)  # the wheel's voicebus, not this checkout
+    assert "connection voicebus-satellite-kitchen" in config
+    assert "address 127.0.0.1:1883" in config
 
 
 async def test_two_satellites_bridged_to_a_central_broker(tmp_path: Path) -> None:
