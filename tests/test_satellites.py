@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import time
+import tomllib
 import zipfile
 from collections import Counter
 from pathlib import Path
@@ -62,8 +63,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_the_template_is_package_data_in_the_wheel(tmp_path: Path) -> None:
     """`satellite-config` works from an installed wheel (no source tree): the wheel
-    is built from a copy of the project (pip, as a user installs it: about 3 s) and
-    run from its unpacked files. The copy in mosquitto/ is the same file."""
+    is built from a copy of the project by the build backend pyproject.toml names
+    (what pip runs, here without its isolated environment: about 1 s) and run from
+    its unpacked files. The copy in mosquitto/ is the same file."""
     assert (ROOT / "mosquitto" / TEMPLATE).read_text(encoding="utf-8") == template_text()
     src = tmp_path / "src"
     src.mkdir()
@@ -72,9 +74,13 @@ def test_the_template_is_package_data_in_the_wheel(tmp_path: Path) -> None:
     skip = shutil.ignore_patterns("__pycache__")
     shutil.copytree(ROOT / "voicebus", src / "voicebus", ignore=skip)
     wheels = tmp_path / "wheels"
+    backend = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]
+    build = "import importlib, sys; importlib.import_module(sys.argv[1]).build_wheel(sys.argv[2])"
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(src)],
+        [sys.executable, "-c", build, backend["build-backend"], str(wheels)],
+        cwd=src,
         check=True,
+        capture_output=True,
         timeout=120,
     )
     (wheel,) = wheels.glob("voicebus-*.whl")
@@ -146,13 +152,12 @@ def bridge_config(tmp_path: Path, site: str, central: str) -> str:
 
 
 async def test_satellites_pipeline_and_a_central_outage(tmp_path: Path) -> None:
-    central = Mosquitto(tmp_path / "central").start()
+    central = Mosquitto(tmp_path / "central")  # mosquitto.conf: persistence true
     brokers = {
         s: Mosquitto(tmp_path / s, extra=bridge_config(tmp_path, s, central.url())) for s in SITES
     }
     async with contextlib.AsyncExitStack() as stack:
-        stack.callback(central.stop)
-        for broker in brokers.values():
+        for broker in (central, *brokers.values()):
             stack.callback(broker.stop)
             broker.start()
         engines, heard = Engines(scale=0), {}
@@ -241,7 +246,7 @@ async def test_satellites_pipeline_and_a_central_outage(tmp_path: Path) -> None:
         during: list[tuple[Event, Event | None, Event | None]] = []
         while time.monotonic() - down < OUTAGE:
             rounds = await asyncio.gather(
-                *(wake[s].utterance("are you there", timeout=0.5) for s in SITES)
+                *(wake[s].utterance("are you there", timeout=5, answer_timeout=0.5) for s in SITES)
             )
             for _, chimed, answer in rounds:
                 assert chimed is not None, "local traffic stopped while the central was down"
@@ -263,10 +268,11 @@ async def test_satellites_pipeline_and_a_central_outage(tmp_path: Path) -> None:
             return {e.id for e in handled["tts"] if e.type is E.AUDIO_PLAYBACK_ENDED}
 
         await eventually(lambda: queued <= tts_got(), timeout=15, interval=0.05)
-        # Wake words older than their ttl when the central came back were dropped (a
-        # late one would start a session nobody speaks to); younger ones may be answered.
+        # Wake words older than their ttl when the central came back were dropped by
+        # Mosquitto (a late one would start a session nobody speaks to); younger ones
+        # may still arrive, and are answered.
         stale = {w.id for w, _, _ in during if w.timestamp < restarted - WAKE_TTL - 0.5}
-        assert stale and not stale & {e.id for e in handled["stt"]}
+        assert stale and stale.isdisjoint(event_id for _, event_id in on_central.copies)
         for name, events in handled.items():  # none twice
             twice = {k: n for k, n in Counter((e.type, e.id) for e in events).items() if n > 1}
             assert not twice, f"{name} handled these twice: {twice}"

@@ -104,18 +104,23 @@ class SiteWakeWord(Service):
         self.count = 0
 
     async def utterance(
-        self, said: str, timeout: float
+        self, said: str, timeout: float, answer_timeout: float | None = None
     ) -> tuple[Event, Event | None, Event | None]:
         """Detect the wake word, the user says `said`: the WAKE_WORD_DETECTED sent, then
-        this site's playFinished of the chime and of the answer (None: not within
-        `timeout` each)."""
+        this site's playFinished of the chime (None: not within `timeout`) and of the
+        answer (None: not within `answer_timeout`, default `timeout`, after the chime)."""
         self.count += 1
         cid = f"demo-{self.run_id}-{self.site}-{self.count}"
         self.heard[cid] = said
         chimed = self.bus.wait_for(
             E.AUDIO_PLAYBACK_ENDED, timeout, cid, lambda e: not _is_answer(e)
         )
-        answered = self.bus.wait_for(E.AUDIO_PLAYBACK_ENDED, timeout, cid, _is_answer)
+        answered = self.bus.wait_for(
+            E.AUDIO_PLAYBACK_ENDED,
+            timeout if answer_timeout is None else answer_timeout,
+            cid,
+            _is_answer,
+        )
         try:
             await self.bus.emit(
                 E.PLAY_BYTES,
