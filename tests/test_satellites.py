@@ -177,16 +177,25 @@ async def test_satellites_pipeline_and_a_central_outage(tmp_path: Path) -> None:
         on_central = await wire(stack, central.url(), "wire-central", **persistent)
         on_site = {s: await wire(stack, brokers[s].url(), f"wire-{s}") for s in SITES}
 
-        async def bridged() -> bool:  # the bridges connect on their own schedule
-            for s in SITES:
-                await wake[s].bus.emit(E.AUDIO_STARTED, {"siteId": s})
-                await tts.bus.emit(E.AUDIO_STOPPED, {"siteId": s})
-            up = {f"voicebus/audioServer/{s}/captureStarted" for s in SITES}
-            return up <= on_central.topics() and all(
-                f"voicebus/audioServer/{s}/captureStopped" in on_site[s].topics() for s in SITES
-            )
+        async def bridges_up() -> None:
+            """Both bridges carry messages both ways (they link on their own schedule):
+            a probe each way per site, again every 0.2 s, until one of them arrives."""
+            sent: dict[tuple[str, str], set[str]] = {(s, way): set() for s in SITES for way in "io"}
 
-        await eventually(bridged, timeout=15, interval=0.2)
+            async def both_ways() -> bool:
+                for s in SITES:
+                    sent[s, "o"].add((await wake[s].bus.emit(E.AUDIO_STARTED, {"siteId": s})).id)
+                    sent[s, "i"].add((await tts.bus.emit(E.AUDIO_STOPPED, {"siteId": s})).id)
+                central_ids = {event_id for _, event_id in on_central.copies}
+                return all(
+                    sent[s, "o"] & central_ids
+                    and sent[s, "i"] & {event_id for _, event_id in on_site[s].copies}
+                    for s in SITES
+                )
+
+            await eventually(both_ways, timeout=20, interval=0.2)
+
+        await bridges_up()
 
         def matching(service: str, event_type: EventType, cid: str, say: bool) -> list[Event]:
             return [
@@ -254,6 +263,9 @@ async def test_satellites_pipeline_and_a_central_outage(tmp_path: Path) -> None:
             during += rounds
         central.start()
         restarted = time.time()
+        # A wake word queued longer than its ttl is dropped (see below): speak again
+        # once the bridges have linked again (about 1 to 6 s after the restart).
+        await bridges_up()
 
         # After: a new utterance per site completes (the bridges and services are back)
         after = await asyncio.gather(
