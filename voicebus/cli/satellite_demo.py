@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import io
 import wave
-from typing import Any
+from typing import Unpack
 
+from ..config import BusSettings
 from ..wire.events import Event, EventType
 from .demo import WAKEWORD, Engines, Service, Tts
 
@@ -74,7 +75,9 @@ class SitePlayer(Service):
     """A satellite's audio output: plays every ``PLAY_BYTES`` its broker delivers (the
     bridge brings only this site's), then AUDIO_PLAYBACK_STARTED / ENDED."""
 
-    def __init__(self, site: str, url: str, run_id: str, engines: Engines, **settings: Any) -> None:
+    def __init__(
+        self, site: str, url: str, run_id: str, engines: Engines, **settings: Unpack[BusSettings]
+    ) -> None:
         super().__init__(f"playback-{site}", url, run_id, engines, **settings)
         self.on(E.PLAY_BYTES, self.on_play_bytes)
 
@@ -96,7 +99,7 @@ class SiteWakeWord(Service):
         run_id: str,
         engines: Engines,
         heard: dict[str, str],
-        **settings: Any,
+        **settings: Unpack[BusSettings],
     ) -> None:
         super().__init__(f"wakeword-{site}", url, run_id, engines, **settings)
         self.site = site
