@@ -32,6 +32,7 @@ from voicebus.cli.satellite import TEMPLATE, satellite_config, template_text
 from voicebus.cli.satellite_demo import CentralTts, SitePlayer, SiteWakeWord
 from voicebus.config import BusConfig
 from voicebus.transport import Message, open_transport, parse_url
+from voicebus.wire.routes import DEFAULT_TTLS
 
 from .broker import Mosquitto, config_value
 from .helpers import eventually
@@ -41,8 +42,9 @@ SITES = ("A", "B")
 RUN = "sat"
 OUTAGE = 10.0
 """Seconds the central broker is down (the scenario of issue #14)."""
-WAKE_TTL = 5.0
-"""WAKE_WORD_DETECTED's default ttl (`voicebus.wire.routes.DEFAULT_TTLS`)."""
+WAKE_TTL = DEFAULT_TTLS[EventType.WAKE_WORD_DETECTED]
+"""A wake word goes stale after this many seconds (5)."""
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_the_generated_config() -> None:
@@ -56,9 +58,6 @@ def test_the_generated_config() -> None:
     assert all(t.endswith(" 1") for t in topics)  # QoS 1 everywhere
     assert all("kitchen" in t or " out " in t for t in topics)  # other sites never come in
     assert config_value("mosquitto.conf", "listener")  # the satellite's own broker config
-
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_the_template_is_package_data_in_the_wheel(tmp_path: Path) -> None:
