@@ -9,8 +9,8 @@ raw subscriber there (persistent session) counts every copy by event id. After
 `--cut-at` events the central broker is stopped with `--signal` and started again
 2 s later on the same port, while the satellite keeps emitting::
 
-    python scripts/bridge_cut.py --runs 2 --signal TERM
-    python scripts/bridge_cut.py --runs 2 --signal KILL
+    python scripts/bridge_cut.py --runs 3 --signal TERM
+    python scripts/bridge_cut.py --runs 3 --signal KILL [--autosave-on-changes 100]
 """
 
 from __future__ import annotations
@@ -37,9 +37,14 @@ E = EventType
 FAST = {"reconnect_delay": 0.05, "reconnect_max_delay": 0.5}
 
 
-async def run(sig: signal.Signals, count: int, cut_at: int, outage: float) -> str:
+async def run(
+    sig: signal.Signals, count: int, cut_at: int, outage: float, autosave_changes: int
+) -> str:
     tmp = Path(tempfile.mkdtemp(prefix="bridge-cut-"))
-    central = Mosquitto(tmp / "central").start()
+    extra = ""
+    if autosave_changes:  # save after this many changes, not every 30 s
+        extra = f"autosave_on_changes true\nautosave_interval {autosave_changes}\n"
+    central = Mosquitto(tmp / "central", extra=extra).start()
     satellite = Mosquitto(tmp / "A", extra=satellite_config("A", central.url())).start()
     hub = EventBus(central.url(), client_id="bridge-cut-hub", session_expiry=300, **FAST)
     handled: Counter[str] = Counter()
@@ -99,10 +104,18 @@ def main() -> None:
     parser.add_argument("--outage", type=float, default=2.0)
     parser.add_argument("--signal", default="TERM", choices=["TERM", "KILL"])
     parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument(
+        "--autosave-on-changes",
+        type=int,
+        default=0,
+        metavar="N",
+        help="the central broker saves its state after N changes (default: every 30 s)",
+    )
     args = parser.parse_args()
     sig = signal.Signals[f"SIG{args.signal}"]
     for _ in range(args.runs):
-        print(asyncio.run(run(sig, args.count, args.cut_at, args.outage)))
+        result = run(sig, args.count, args.cut_at, args.outage, args.autosave_on_changes)
+        print(asyncio.run(result))
 
 
 if __name__ == "__main__":
