@@ -15,7 +15,7 @@ import typer
 
 from .. import __version__
 from ..errors import DemoError
-from ..ops.status import get_statuses
+from ..ops.status import get_statuses, prune_offline
 from ..transport import Message, parse_url, resolve_url
 from ..wire.codec import encode
 from ..wire.events import Event
@@ -142,10 +142,18 @@ def listen(
     count: Annotated[
         int, typer.Option("--count", "-n", help="Exit after N events (0: until Ctrl-C).")
     ] = 0,
+    retained: Annotated[
+        bool,
+        typer.Option(
+            "--retained",
+            help="Also show the retained messages (statuses, dead letters) the broker "
+            "sends when listen subscribes.",
+        ),
+    ] = False,
     url: Url = None,
     as_json: AsJson = False,
 ) -> None:
-    """Live tail of the bus, one line per event, until Ctrl-C."""
+    """Live tail of the bus, one line (--json: one JSON object) per event, until Ctrl-C."""
     bus_url = resolve_url(url)
     with out.reported_errors():
         filters = list(dict.fromkeys(topic_filter(p) for p in patterns or ["#"]))
@@ -158,8 +166,8 @@ def listen(
 
         def on_message(message: Message) -> None:
             nonlocal seen
-            if stop.is_set():
-                return
+            if stop.is_set() or (message.retain and not retained):
+                return  # retain set: sent for subscribing, not published now
             try:
                 record = decoder(message)
             except Exception as exc:  # shown raw: a message is never skipped in silence
@@ -269,6 +277,9 @@ def status(
     timeout: Annotated[
         float, typer.Option("--timeout", "-t", help="Seconds the broker may take to answer.")
     ] = 5.0,
+    prune: Annotated[
+        bool, typer.Option("--prune", help="Clear the offline statuses (services gone for good).")
+    ] = False,
     url: Url = None,
     as_json: AsJson = False,
 ) -> None:
@@ -279,6 +290,9 @@ def status(
     bus = cli_bus(bus_url)
 
     async def body() -> dict[str, str]:
+        if prune:
+            gone = await prune_offline(bus, timeout)
+            out.note(f"cleared {len(gone)} offline status(es): {', '.join(gone) or '-'}")
         return await get_statuses(bus, timeout)
 
     found: dict[str, str] = run(body)

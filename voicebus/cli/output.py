@@ -206,9 +206,10 @@ def date_time(timestamp: Any) -> str:
 def event_record(
     event: Event | None, topic: str, payload: bytes, retain: bool, problem: str | None
 ) -> dict[str, Any]:
-    """The JSON line `listen --json` prints for one message."""
+    """The JSON line `listen --json` prints for one message (``timestamp``, as in
+    `Event.to_dict`: the same key as `wait` and `publish --json`)."""
     record: dict[str, Any] = {
-        "time": event.timestamp if event else time.time(),
+        "timestamp": event.timestamp if event else time.time(),
         "type": event.type.value if event else None,
         "topic": topic,
         "correlation_id": event.correlation_id if event else None,
@@ -232,7 +233,7 @@ def print_event_line(record: dict[str, Any]) -> None:
     out = stdout()
     if out.is_terminal:
         line = Text.assemble(
-            (clock(record["time"]), "dim"),
+            (clock(record["timestamp"]), "dim"),
             "  ",
             (f"{kind:24}", "bold red" if problem else "bold cyan"),
             "  ",
@@ -248,7 +249,7 @@ def print_event_line(record: dict[str, Any]) -> None:
         return
     prefix = f"[{problem}] " if problem else ""
     print(
-        f"{clock(record['time'])}  {kind:24}  {record['topic']:40}  {cid:14}  "
+        f"{clock(record['timestamp'])}  {kind:24}  {record['topic']:40}  {cid:14}  "
         f"{prefix}{body}{flags}",
         flush=True,
     )
