@@ -225,9 +225,10 @@ def wait(
         memory = check_url(bus_url)
 
     async def body() -> Event | None:
-        bus = cli_bus(bus_url)
         limit = timeout if timeout > 0 else None
-        waiting = bus.wait_for(target, timeout=limit, correlation_id=correlation_id)
+        deadline = asyncio.get_running_loop().time() + (limit or 0)
+        bus = cli_bus(bus_url, connect_timeout=limit)  # --timeout covers connecting too
+        waiting = bus.wait_for(target, correlation_id=correlation_id)
         try:
             await bus.start()  # acknowledges the subscription wait_for registered
         except BaseException:
@@ -238,7 +239,12 @@ def wait(
             out.note(f"waiting for {event_type}{cid} on {bus.get_stats()['url']} ({target})")
             if memory:
                 out.note(MEMORY_NOTE)
-            return await waiting
+            if limit is None:
+                return await waiting
+            async with asyncio.timeout_at(deadline):
+                return await waiting
+        except TimeoutError:
+            return None
         finally:
             await bus.stop(drain_timeout=0.5)
 

@@ -21,6 +21,8 @@ from rich.table import Table
 from rich.text import Text
 
 from ..errors import (
+    AuthenticationError,
+    NotAuthorizedError,
     PayloadTooLargeError,
     PayloadValidationError,
     TopicError,
@@ -39,7 +41,11 @@ EXIT_TIMEOUT = 1
 EXIT_INPUT = 2
 """Bad input: JSON, payload, event type, topic filter, bus URL (click uses 2 for usage errors)."""
 EXIT_BROKER = 3
-"""The broker could not be reached, refused us, or went away."""
+"""The broker could not be reached (DNS, refused, TLS, no answer) or went away."""
+EXIT_AUTH = 4
+"""The broker refused our credentials (user name, password, client certificate)."""
+EXIT_DENIED = 5
+"""The broker's ACL refused a publish or subscription."""
 EXIT_INTERRUPTED = 130
 
 _INPUT_ERRORS = (PayloadValidationError, UnknownEventTypeError, TopicError, PayloadTooLargeError)
@@ -94,6 +100,10 @@ def reported_errors() -> Iterator[None]:
         fail(str(exc), exc.code)
     except _INPUT_ERRORS as exc:
         fail(str(exc), EXIT_INPUT)
+    except AuthenticationError as exc:
+        fail(str(exc), EXIT_AUTH)
+    except NotAuthorizedError as exc:
+        fail(str(exc), EXIT_DENIED)
     except TransportError as exc:
         fail(str(exc), EXIT_BROKER)
     except VoicebusError as exc:
@@ -131,10 +141,16 @@ def setup_logging(verbose: bool) -> Callable[[], None]:
     logger.handlers[:] = [handler]
     logger.setLevel(logging.DEBUG if verbose else logging.WARNING)
     logger.propagate = False
+    # paho's own lines ("failed to receive on socket") come again in the one-line
+    # error (or the transport's warning): shown with --verbose only
+    paho = logging.getLogger("voicebus.mqtt.paho")
+    paho_level = paho.level
+    paho.setLevel(logging.NOTSET if verbose else logging.CRITICAL)
 
     def restore() -> None:
         logger.handlers[:], level, logger.propagate = saved
         logger.setLevel(level)
+        paho.setLevel(paho_level)
 
     return restore
 
@@ -159,7 +175,9 @@ def print_table(
     """A rich table on a terminal, aligned plain columns otherwise."""
     out = stdout()
     if out.is_terminal:
-        table = Table(*columns, title=title, title_justify="left", header_style="bold")
+        table = Table(title=title, title_justify="left", header_style="bold")
+        for column in columns:  # a narrow terminal folds a long cell, never cuts it ("…")
+            table.add_column(column, overflow="fold")
         for row in rows:
             table.add_row(*row)
         out.print(table)

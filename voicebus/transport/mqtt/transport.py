@@ -196,7 +196,8 @@ class MqttTransport:
         try:
             await enter(client)
         except aiomqtt.MqttError as exc:
-            raise connect_error(self.url, exc) from None
+            address, tls = self._brokers.current, self._url.tls
+            raise connect_error(self.url, exc, address, tls, self.options.connect_timeout) from None
         self._link = client
         self._paho = paho_client(client)
         self._publisher.link_up(self._paho, self._broker_max_packet)
