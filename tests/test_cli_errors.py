@@ -126,3 +126,15 @@ def test_tables_fold_long_topics_never_cut_them() -> None:
         if len(parts) >= 4 and parts[2].strip() != "topic":
             column += parts[2].strip()
     assert column == "".join(route.template.template for route in ROUTES)
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_verbose_before_or_after_the_command(mosquitto: Mosquitto, where: str) -> None:
+    args = (
+        ["-v", "publish", "health_check"]
+        if where == "before"
+        else ["publish", "health_check", "-v"]
+    )
+    result = voicebus(*args, url=mosquitto.url())
+    assert result.returncode == 0, result.stderr
+    assert "voicebus: DEBUG: " in result.stderr

@@ -9,9 +9,10 @@ Errors are one line on stderr and a non-zero exit code (see `cli_output`).
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
 from .. import __version__
 from ..errors import DemoError
@@ -44,7 +45,23 @@ from .support import (
 )
 from .timeline import register as register_timeline
 
+VERBOSE = ("-v", "--verbose")
+
+
+class _VerboseAnywhere(TyperGroup):
+    """``-v`` / ``--verbose`` after the subcommand too (``voicebus listen -v``): it is
+    moved to the front, where the top-level option is (up to a ``--``)."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:  # click's Context
+        end = args.index("--") if "--" in args else len(args)
+        head = args[:end]
+        flags = [a for a in head if a in VERBOSE]
+        rest = [a for a in head if a not in VERBOSE]
+        return super().parse_args(ctx, [*flags, *rest, *args[end:]])
+
+
 app = typer.Typer(
+    cls=_VerboseAnywhere,
     help="voicebus: the voice-assistant event bus over MQTT (or in-process memory://).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
