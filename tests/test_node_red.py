@@ -238,8 +238,13 @@ def test_shipped_subflows_are_the_ones_in_the_example() -> None:
     }
 
 
-async def test_voicebus_in_exposes_the_envelope(node_red: NodeRed, broker: Mosquitto) -> None:
-    async with EventBus(broker.url()) as bus:
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+async def test_voicebus_in_exposes_the_envelope(
+    node_red: NodeRed, broker: Mosquitto, protocol: str
+) -> None:
+    """MQTT 5: from the properties; a bus on 3.1.1: from the ``_vb`` key it folds into
+    the payload (taken out of ``data``)."""
+    async with EventBus(broker.url(), protocol=protocol) as bus:
         seen: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         side = open_transport(
             parse_url(broker.url()), client_id="nr-seen", settings=BusConfig(status=False)
@@ -250,7 +255,7 @@ async def test_voicebus_in_exposes_the_envelope(node_red: NodeRed, broker: Mosqu
             sent = await bus.emit(
                 EventType.EMOTION_CHANGED,
                 {"emotion": "happy"},
-                correlation_id="sess-nr-1",
+                correlation_id=f"sess-nr-{protocol}",
                 metadata={"room": "kitchen"},
             )
             event = await asyncio.wait_for(seen.get(), 10)
@@ -260,7 +265,7 @@ async def test_voicebus_in_exposes_the_envelope(node_red: NodeRed, broker: Mosqu
     assert event["type"] == "emotion_changed"
     assert event["topic"] == "voicebus/emotion/changed"
     assert event["source"] == bus.client_id
-    assert event["correlation_id"] == "sess-nr-1"
+    assert event["correlation_id"] == f"sess-nr-{protocol}"
     assert event["timestamp"] == pytest.approx(sent.timestamp, abs=1e-3)
     assert event["metadata"] == {"room": "kitchen"}
     assert event["parent_id"] is None
