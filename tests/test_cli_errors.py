@@ -10,12 +10,15 @@ import sys
 import time
 from collections.abc import Iterator
 
+import aiomqtt
 import pytest
 
 from tests.broker import Mosquitto, free_port
 from tests.test_cli import ROOT, assert_one_line_error, cli_env, voicebus
 from tests.test_security import PASSWORDS, Secure, make_secure_files
 from voicebus.cli import output
+from voicebus.errors import BrokerUnavailableError, TLSError
+from voicebus.transport.mqtt.errors import connect_error
 from voicebus.wire.routes import ROUTES
 
 
@@ -138,3 +141,30 @@ def test_verbose_before_or_after_the_command(mosquitto: Mosquitto, where: str) -
     result = voicebus(*args, url=mosquitto.url())
     assert result.returncode == 0, result.stderr
     assert "voicebus: DEBUG: " in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "address", "tls", "kind", "needle"),
+    [
+        ("[Errno -3] Temporary failure in name resolution", ("broker.lan", 1883), False,
+         BrokerUnavailableError, "host name 'broker.lan' does not resolve"),
+        ("[Errno 111] Connection refused", ("broker.lan", 1883), False,
+         BrokerUnavailableError, "is the broker running on broker.lan, and is port 1883 open"),
+        ("[Errno 111] Connection refused", ("localhost", 1884), False,
+         BrokerUnavailableError, "mosquitto -p 1884"),
+        ("[Errno 104] Connection reset by peer", ("127.0.0.1", 8883), False,
+         BrokerUnavailableError, "use mqtts://"),
+        ("[Errno 104] Connection reset by peer", ("127.0.0.1", 1883), True,
+         TLSError, "use mqtt://"),
+        ("Operation timed out", ("127.0.0.1", 1883), False,
+         BrokerUnavailableError, "no MQTT answer (CONNACK) from 127.0.0.1:1883 within 2s"),
+    ],
+)  # fmt: skip
+def test_connect_errors_name_their_cause(
+    text: str, address: tuple[str, int], tls: bool, kind: type[Exception], needle: str
+) -> None:
+    """The cases a test cannot make on loopback (a remote host, DNS trouble) too."""
+    error = connect_error("mqtt://x", aiomqtt.MqttError(text), address, tls, 2.0)
+    assert type(error) is kind and needle in str(error), str(error)
+    if address[0] != "localhost" and "refused" in text:
+        assert "mosquitto -p" not in str(error)

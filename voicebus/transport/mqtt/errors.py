@@ -30,7 +30,9 @@ _AUTH_CODES = {4, 5, 134, 135, 140}
 """CONNACK reason codes that mean bad credentials or not authorized (MQTT 3 and 5)."""
 _NOT_AUTHORIZED = 0x87
 _TOPIC_FILTER_INVALID = 0x8F
-_NAME_NOT_RESOLVED = re.compile(r"\[Errno -\d+\]|name or service not known|name resolution")
+_NAME_NOT_RESOLVED = re.compile(
+    r"\[errno -\d+\]|name or service not known|name resolution", re.IGNORECASE
+)
 """getaddrinfo's errors (negative errno): the host name does not resolve."""
 _LOCAL = ("localhost", "127.", "::1")
 
