@@ -102,13 +102,21 @@ def test_a_service_user_reads_statuses_and_dead_letters_under_the_acl(secure: Se
         assert result.returncode == 0, result.stderr
 
 
-def test_wait_timeout_1_against_a_broker_that_never_answers_exits_within_2s() -> None:
+@pytest.mark.parametrize(
+    "command",
+    [["wait", "tts_completed"], ["trace", "sess-1"], ["status"], ["dlq", "list"]],
+    ids=lambda c: c[0],
+)
+def test_timeout_1_against_a_broker_that_never_answers_exits_within_2s(
+    command: list[str],
+) -> None:
+    """Every --timeout covers connecting (the connect timeout alone is 10 s)."""
     with socket.socket() as server:  # accepts TCP connections, never sends a CONNACK
         server.bind(("127.0.0.1", 0))
         server.listen(8)
         url = f"mqtt://127.0.0.1:{server.getsockname()[1]}"
         started = time.monotonic()
-        result = voicebus("wait", "tts_completed", "--timeout", "1", url=url)
+        result = voicebus(*command, "--timeout", "1", url=url)
         elapsed = time.monotonic() - started
     assert_one_line_error(result, 3, "no MQTT answer (CONNACK)", "within 1s")
     assert elapsed < 2.0, elapsed

@@ -158,10 +158,14 @@ def cli_bus(url: str, connect_timeout: float | None = None) -> EventBus:
     return EventBus(url, client_id=client_id(), config=config, enable_history=False)
 
 
-async def raw_client(url: str, on_message: Callable[[Message], None]) -> Transport:
+async def raw_client(
+    url: str, on_message: Callable[[Message], None], connect_timeout: float | None = None
+) -> Transport:
     """A bare transport connection: a passive tool sees every message as it is and,
-    unlike a bus, never turns bad input into dead letters or ERROR_OCCURRED events."""
-    transport = open_transport(parse_url(url), client_id=client_id(), settings=NO_STATUS)
+    unlike a bus, never turns bad input into dead letters or ERROR_OCCURRED events.
+    `connect_timeout`: seconds the broker may take to answer (default: the setting's)."""
+    settings = replace(NO_STATUS, connect_timeout=connect_timeout) if connect_timeout else NO_STATUS
+    transport = open_transport(parse_url(url), client_id=client_id(), settings=settings)
     await transport.connect(on_message)
     return transport
 
