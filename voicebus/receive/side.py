@@ -10,7 +10,8 @@ connection.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import weakref
+from collections.abc import Awaitable, Callable, Coroutine
 from enum import Enum
 from typing import Any
 
@@ -107,6 +108,38 @@ class ReceiveSide:
         except RuntimeError:  # finalized with no event loop running: nothing to send
             pass
 
+    def wait(
+        self, waiter: Waiter, timeout: float | None, first: Callable[[], Awaitable[None]]
+    ) -> Coroutine[Any, Any, Event | None]:
+        """A coroutine that runs `first` (start, settle, or emit the request), then
+        returns `waiter`'s event, or ``None`` after `timeout` seconds.
+
+        The wait ends when the coroutine finishes, however it finishes, and also
+        when it is dropped or cancelled before its first step (which would never
+        run its ``finally``).
+        """
+        waiting = self._wait(waiter, timeout, first)
+        weakref.finalize(waiting, self.end_wait, waiter)
+        return waiting
+
+    async def _wait(
+        self, waiter: Waiter, timeout: float | None, first: Callable[[], Awaitable[None]]
+    ) -> Event | None:
+        try:
+            await first()  # what it raises goes to the caller as it is
+            if timeout is None:
+                return await waiter.future
+            # Not `asyncio.wait_for`: its extra task hop is round-trip time.
+            timer = asyncio.get_running_loop().call_later(timeout, _time_out, waiter.future)
+            try:
+                return await waiter.future
+            except TimeoutError:
+                return None
+            finally:
+                timer.cancel()
+        finally:
+            self.end_wait(waiter)
+
     def stats(self) -> dict[str, Any]:
         """The receive side's part of `EventBus.get_stats`."""
         return {
@@ -116,3 +149,8 @@ class ReceiveSide:
             "max_queue_size": self.dispatcher.max_queue_size,
             "pending_waits": len(self.waiters),
         }
+
+
+def _time_out(future: asyncio.Future[Event]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())
