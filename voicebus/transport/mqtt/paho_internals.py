@@ -220,6 +220,8 @@ def read_packets(
         rc = paho._packet_read()  # noqa: SLF001
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or reads.total >= until:
             break
+        if not reads.left_over():  # all taken: the selector says when more comes
+            break  # (no read that fails with EAGAIN each time)
     if rc == MQTTErrorCode.MQTT_ERR_AGAIN:
         return MQTTErrorCode.MQTT_ERR_SUCCESS
     if rc > 0:
