@@ -251,3 +251,22 @@ async def test_a_covered_filter_added_offline_gets_the_retained_messages_on_reco
         (event,) = await narrow.wait(1)
         assert event.data["seq"] == 3
         assert _wire(bus) == {"vbtest/#"}
+
+
+async def test_filters_subscribed_before_start_send_the_covers_first(
+    mosquitto: Mosquitto, peer_of: EventBus
+) -> None:
+    got = Collector("narrowest")
+    bus = EventBus(mosquitto.url())
+    bus.subscribe(TOPIC, got)  # the narrowest first, the widest last
+    for topic_filter in overlapping(100)[:-1]:
+        bus.subscribe(topic_filter, lambda e: None)
+    bus.subscribe("vbtest/#", lambda e: None)
+    async with bus:
+        await bus.ready()
+        assert _wire(bus) == {"vbtest/#"}
+        before = _transport(bus).publishes_received
+        await peer_of.emit(Deep.EVENT, {"seq": 1})
+        await marker(peer_of, bus)
+        assert _transport(bus).publishes_received - before == 1 + 1
+        assert [e.data["seq"] for e in got.events] == [1]

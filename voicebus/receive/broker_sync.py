@@ -15,6 +15,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from ..transport import Transport
+from ..wire.topics import breadth
 from .subscriptions import SubscriptionRegistry
 
 log = logging.getLogger("voicebus")
@@ -45,7 +46,8 @@ class BrokerFilters:
         """Subscribe every filter the registry has (at start)."""
         transport = self.transport
         assert transport is not None
-        for topic_filter, ref in list(self._registry.filters.items()):
+        filters = sorted(self._registry.filters.items(), key=lambda item: breadth(item[0]))
+        for topic_filter, ref in filters:  # covers first: none sent to be taken back
             await transport.subscribe(topic_filter, ref.subscription_id)
 
     def subscribe(self, topic_filter: str) -> None:

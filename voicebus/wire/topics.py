@@ -145,6 +145,15 @@ def covers(general: str, specific: str) -> bool:
     return general < specific or not subsumes(specific, general)
 
 
+def breadth(topic_filter: str) -> tuple[float, int]:
+    """A sort key that puts a filter before every filter it `covers` (``a/#`` before
+    ``a/+``, ``a/+`` before ``a/b``): subscribing in this order, a covering set never
+    sends a filter it would then take back."""
+    levels = topic_filter.split("/")
+    depth = len(levels) - 1 if levels[-1] == "#" else len(levels) + 0.5
+    return depth, -levels.count("+")
+
+
 @dataclass(frozen=True)
 class TopicTemplate:
     """A topic with ``{name}`` parameters, each a whole level."""
