@@ -270,3 +270,43 @@ async def test_filters_subscribed_before_start_send_the_covers_first(
         await marker(peer_of, bus)
         assert _transport(bus).publishes_received - before == 1 + 1
         assert [e.data["seq"] for e in got.events] == [1]
+
+
+def test_the_wire_stays_a_minimal_covering_set_through_any_adds_and_removes() -> None:
+    """A pure check of `SessionFilters`: after every add and remove, each wanted plain
+    filter is on the wire or covered by a wire filter, no wire filter covers another,
+    groups are always on the wire, and each filter is delivered at its QoS by at
+    least one wire filter."""
+    import random
+
+    from voicebus.transport.mqtt.session_filters import SessionFilters
+
+    rng = random.Random(13)
+    pool = [*overlapping(40), "#", "+/#", "other/+", "$share/g/vbtest/#", "vbtest/+/x"]
+    for _ in range(30):
+        filters = SessionFilters()
+        wanted: dict[str, int] = {}
+        for step in range(60):
+            topic_filter = rng.choice(pool)
+            if topic_filter in wanted and rng.random() < 0.5:
+                change = filters.remove(topic_filter)
+                del wanted[topic_filter]
+                assert topic_filter not in change.subscribe
+            elif topic_filter not in wanted:
+                wanted[topic_filter] = qos = rng.choice((0, 1))
+                change = filters.add(topic_filter, step + 1, qos)
+                assert not set(change.subscribe) & set(change.unsubscribe)
+            for gone in change.unsubscribe:
+                filters.gone(gone)
+            wire = filters.wire
+            assert set(wire) <= set(wanted)
+            plain = [f for f in wanted if not f.startswith("$share/")]
+            for f in wanted:
+                if f.startswith("$share/"):
+                    assert f in wire
+                elif f not in wire:
+                    assert any(covers(w, f) for w in wire if not w.startswith("$share/"))
+            for w in wire:
+                assert not any(covers(v, w) for v in wire if v != w and w in plain)
+            for f in plain:  # delivered at its QoS by at least one wire filter
+                assert max(wire[w] for w in wire if w == f or covers(w, f)) >= wanted[f]

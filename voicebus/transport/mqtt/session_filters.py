@@ -139,6 +139,12 @@ class SessionFilters:
                     continue
                 level = max(self.qos[f] for f in wanted if f == covered or covers(covered, f))
                 self.wire[covered] = change.subscribe[covered] = level
+            for covered in wanted:  # still covered by another: at its QoS by one of them
+                if covered in self.wire or not covers(topic_filter, covered):
+                    continue
+                others = [w for w in self.wire if plain(w) and covers(w, covered)]
+                if others and max(self.wire[w] for w in others) < self.qos[covered]:
+                    self.wire[others[0]] = change.subscribe[others[0]] = self.qos[covered]
         change.unsubscribe.append(topic_filter)
         return change
 

@@ -113,7 +113,7 @@ class Subscriber:
                     raise refusal
             fetch = change.fetch
             if fetch is not None and (sid := filters.ids.get(fetch)) is not None:
-                await self._fetch(client, fetch, sid)
+                await self._fetch(client, fetch, sid, change)
         except LinkLost:
             self._owed(change)
             raise
@@ -127,7 +127,9 @@ class Subscriber:
                 log.debug("unsubscribe %s: %s", topic_filter, exc)
             filters.gone(topic_filter)
 
-    async def _fetch(self, client: aiomqtt.Client, topic_filter: str, sid: int) -> None:
+    async def _fetch(
+        self, client: aiomqtt.Client, topic_filter: str, sid: int, change: Change | None = None
+    ) -> None:
         """Subscribe the covered `topic_filter` for a moment: its retained messages."""
         filters = self.filters
         filters.transient(topic_filter, sid)
@@ -140,9 +142,15 @@ class Subscriber:
             filters.gone(topic_filter)
             filters.remove(topic_filter)
             raise refusal
+        if change is not None:
+            change.fetch = None  # fetched: not owed to the next link
         try:
             if topic_filter not in filters.wire:  # on the wire meanwhile: keep it
                 await until_lost(client, client.unsubscribe(topic_filter))
+        except LinkLost:
+            if self.options.session_expiry:  # the session keeps it: unsubscribe it then
+                filters.dropped.add(topic_filter)
+            raise
         except aiomqtt.MqttError as exc:
             log.debug("unsubscribe %s: %s", topic_filter, exc)
         finally:
