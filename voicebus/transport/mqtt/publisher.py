@@ -347,6 +347,7 @@ class Publisher:
 
     async def settle(self, paho: paho_mqtt.Client, give_up: Callable[[str], None]) -> None:
         """Send what the outbox holds, then wait for every PUBACK still due."""
+        self._writer.flush()  # before the DISCONNECT that may follow
         if self.outbox:
             await self.flush(paho, give_up)
         waiting = [fut for _, fut in self.inflight.values()]

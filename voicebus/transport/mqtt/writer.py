@@ -58,12 +58,13 @@ class Writer:
             return MQTTErrorCode.MQTT_ERR_NO_CONN, mid
         else:
             self._burst = (paho, [])
-            asyncio.get_running_loop().call_soon(self._end_burst)
+            asyncio.get_running_loop().call_soon(self.flush)
         return MQTTErrorCode.MQTT_ERR_SUCCESS, mid
 
-    def _end_burst(self) -> None:
+    def flush(self) -> None:
         """Write the rest of this iteration's packets in one go (if the link was lost
-        meanwhile, the QoS 1 ones are requeued with what is in flight)."""
+        meanwhile, the QoS 1 ones are requeued with what is in flight); also called to
+        write them before anything else (a DISCONNECT) is queued."""
         burst, self._burst = self._burst, None
         if burst is not None and burst[1]:
             paho, packets = burst
