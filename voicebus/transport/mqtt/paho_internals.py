@@ -20,7 +20,6 @@ paho-mqtt (`paho.mqtt.client.Client`)
 - ``_sock_close`` (`close_socket`, `end_link`): end a link at once, as paho does
   on a keepalive timeout, when a connect broke before its CONNACK or the broker
   stopped acknowledging (``disconnect()`` would wait for a broker that is gone).
-
 - ``_handle_pubackcomp`` is wrapped (`take_over_pubacks`): a PUBACK for a packet
   id the transport sent itself completes its future straight from the packet's
   bytes (paho would build a `ReasonCode` and a `Properties` and look in its own
@@ -30,18 +29,20 @@ paho-mqtt (`paho.mqtt.client.Client`)
   received messages) is written on the socket at once when paho has nothing
   queued before it, else queued behind paho's own packets (never reordered).
   ``Client.publish`` costs a `MQTTMessageInfo` with a ``threading.Condition``,
-  a `Properties` and a `ReasonCode` per QoS 0 message,
-  and, under aiomqtt, a thread-safe wake-up plus two loop iterations before the
-  bytes leave (its write callback is registered with ``call_soon_threadsafe``).
-- ``_packet_read`` (`read_packets`): read every packet the socket holds in one
-  readable callback (``loop_read`` reads one while paho has nothing in flight);
-  ``_sock_recv`` (`buffer_reads`) serves paho's small reads from one large one.
+  a `Properties` and a `ReasonCode` per QoS 0 message, and, under aiomqtt, a
+  thread-safe wake-up plus two loop iterations before the bytes leave (its write
+  callback is registered with ``call_soon_threadsafe``).
+- ``_packet_read``, ``_loop_rc_handle`` (`read_packets`): read the packets the
+  socket holds in one readable callback (``loop_read`` reads one while paho has
+  nothing in flight); ``_sock_recv`` (`buffer_reads`) serves paho's small reads
+  (a byte for the packet type, a byte per length byte) from one large one.
 
 aiomqtt (`aiomqtt.Client`)
 - ``_client`` (`paho_client`): its paho client, which has no public accessor; we
   install the patches and callbacks above on it and publish on it directly
-  (pre-packed properties, our own PUBACK futures: aiomqtt's awaited publish
-  costs an Event, a task and a thread-safe wake-up per message).
+  (our own packets and PUBACK futures: aiomqtt's awaited publish costs an Event,
+  a task and a thread-safe wake-up per message). Its socket's readable callback
+  is replaced with ours through the public ``loop.add_reader`` (`link.read_all`).
 - ``_disconnected`` (`link_lost`, `end_link`): the future that completes when the
   link drops. aiomqtt only reports a loss to a call waiting on it, after that
   call's timeout; we wake on it at once (requeue what is in flight, reconnect).
@@ -51,7 +52,7 @@ others with `UnsupportedDependencyError`; ``.ci/run`` tests both ends of the
 range). aiomqtt 3 no longer builds on paho (it is a sans-I/O MQTT 5 codec with a
 public ``puback()``, subscription ids and Receive Maximum): moving to it means
 replacing this module and what calls it: `link.py` (one link), `receiver.py` (the
-receive path) and the paho client `publisher.py` publishes on.
+receive path), `writer.py` and `publisher.py` (the publish path).
 """
 
 from __future__ import annotations
