@@ -20,7 +20,8 @@ import pytest
 from tests.broker import Mosquitto
 from tests.helpers import Collector, eventually, marker
 from voicebus import EventBus
-from voicebus.transport import Message
+from voicebus.transport import Message, parse_url
+from voicebus.transport.mqtt import MqttOptions
 from voicebus.transport.mqtt.transport import MqttTransport
 from voicebus.wire.models import Payload
 from voicebus.wire.routes import ROUTES, register_route
@@ -310,3 +311,33 @@ def test_the_wire_stays_a_minimal_covering_set_through_any_adds_and_removes() ->
                 assert not any(covers(v, w) for v in wire if v != w and w in plain)
             for f in plain:  # delivered at its QoS by at least one wire filter
                 assert max(wire[w] for w in wire if w == f or covers(w, f)) >= wanted[f]
+
+
+async def test_overlaps_no_filter_covers_still_reach_each_handler_once(
+    mosquitto: Mosquitto,
+) -> None:
+    """``vbtest/+/b/...`` and ``vbtest/a/+/...`` both stay on the wire (neither covers
+    the other): the broker sends two copies, told apart by subscription identifiers,
+    also for a message without an id (a peer without MQTT 5 properties)."""
+    left, right = Collector("left"), Collector("right")
+    async with EventBus(mosquitto.url()) as bus:
+        bus.subscribe("vbtest/+/b/c/d/e/f", left)
+        bus.subscribe("vbtest/a/+/c/d/e/f", right)
+        bus.subscribe("vbtest/a/+/c/d/e/+", lambda e: None)  # covers the one above
+        await bus.ready()
+        assert _wire(bus) == {"vbtest/+/b/c/d/e/f", "vbtest/a/+/c/d/e/+"}
+        raw = MqttTransport(
+            parse_url(mosquitto.url()), MqttOptions(client_id=f"raw-{uuid.uuid4().hex[:6]}")
+        )
+        await raw.connect(lambda m: None)
+        try:
+            for seq in (1, 1, 2):  # a real repeat is not a copy
+                await raw.publish(Message(TOPIC, b'{"seq": %d}' % seq))
+        finally:
+            await raw.close()
+        await left.wait(3)
+        await right.wait(3)
+        async with EventBus(mosquitto.url()) as peer:
+            await marker(peer, bus)
+        assert [e.data["seq"] for e in left.events] == [1, 1, 2]
+        assert [e.data["seq"] for e in right.events] == [1, 1, 2]
