@@ -35,6 +35,7 @@ from .receive.waiters import Waiter
 from .transport import BusURL, Message, Transport, open_transport, parse_url, resolve_url
 from .wire.codec import check_message, encode
 from .wire.events import Event, EventType, event_type_named
+from .wire.handover import hand_over
 from .wire.ids import RandomIds
 from .wire.models import Payload
 from .wire.routes import ROUTES, RouteTable
@@ -77,6 +78,7 @@ class EventBus:
         self.config = replace(config or BusConfig(), **given)  # None: the default
         self._url = parse_url(resolve_url(url))
         check_applies(self.config, self._url.scheme)
+        self._in_process = self._url.scheme == "memory"
         self._mqtt311 = (
             self._url.scheme != "memory" and mqtt_protocol(self.config, self._url.query) == "3.1.1"
         )
@@ -373,7 +375,10 @@ class EventBus:
             parent_id=parent.id if parent is not None else None,
             ttl=ttl if ttl is None else _positive("ttl", ttl),
         )
-        self.monitor.emitting(event)  # before it can come back from the broker
+        if self._in_process and not message.retain:  # receivers here skip the JSON
+            message.local = hand_over(route, event, self.monitor)
+        if message.local is None:  # an echo to recognise when it comes back
+            self.monitor.emitting(event)  # (before it can come back from the broker)
         await self.publish_message(message)
         self.monitor.record(event)
         return event

@@ -91,7 +91,7 @@ class Dispatcher:
         self.post: list[Middleware] = []
         self._handler_stats: dict[tuple[str, str], HandlerStats] = {}
         self.group_sids: set[int] = set()
-        self._queue: deque[tuple[Event, tuple[int, ...], object | None]] = deque()
+        self._queue: deque[tuple[Event, tuple[int, ...], object | None, bool]] = deque()
         self._transport: Transport | None = None
         self._paused = False
         self._delivering = False
@@ -147,7 +147,7 @@ class Dispatcher:
             return 0
         transport = self._transport
         if transport is not None:
-            for event, _, ack in queue:
+            for event, _, ack, _own in queue:
                 if ack is not None and event.correlation_id == correlation_id:
                     transport.ack(ack)
         queue.clear()
@@ -161,11 +161,14 @@ class Dispatcher:
         """The broker's copy for this bus's shared subscription(s) only."""
         return bool(self.group_sids and sids and self.group_sids.issuperset(sids))
 
-    def enqueue(self, event: Event, sids: tuple[int, ...], ack: object | None = None) -> None:
+    def enqueue(
+        self, event: Event, sids: tuple[int, ...], ack: object | None = None, own: bool = False
+    ) -> None:
         """Queue a received event (from the transport callback; never blocks); `ack`
-        goes to the transport once it is handled."""
+        goes to the transport once it is handled; `own`: this bus emitted it (its
+        history and stats counted it then)."""
         queue = self._queue
-        queue.append((event, sids, ack))
+        queue.append((event, sids, ack, own))
         if len(queue) == 1 and self._wakeup is not None:
             self._wakeup.set()
         if len(queue) >= self.max_queue_size and not self._paused and self._transport:
@@ -185,13 +188,13 @@ class Dispatcher:
                 wakeup.clear()
                 await wakeup.wait()
                 continue
-            event, sids, ack = queue.popleft()
+            event, sids, ack, own = queue.popleft()
             if self._paused and len(queue) <= resume_at and self._transport is not None:
                 self._paused = False
                 self._transport.resume_reading()
             self._delivering = True
             try:
-                await self._deliver(event, sids)
+                await self._deliver(event, sids, own)
             except Exception:  # never let one event stop the bus
                 log.exception("dispatch of %s failed", event)
             finally:
@@ -225,7 +228,7 @@ class Dispatcher:
             except Exception:
                 log.exception("could not report the failure of %s on %s", name, event)
 
-    async def _deliver(self, event: Event, sids: tuple[int, ...]) -> None:
+    async def _deliver(self, event: Event, sids: tuple[int, ...], own: bool) -> None:
         perf = time.perf_counter
         started = perf()
         HANDLING.set(event)
@@ -242,9 +245,10 @@ class Dispatcher:
                     continue
             elif group_copy:
                 continue
+            view = event.copy()  # its own: nothing it changes reaches anyone else
             if sub.filter_func is not None:
                 try:
-                    if not sub.filter_func(event):
+                    if not sub.filter_func(view):
                         continue
                 except BaseException as exc:
                     self._failed(event, sub.name, exc, sub.component)
@@ -254,7 +258,7 @@ class Dispatcher:
             stats = self._stats_for(sub)
             begin = perf()
             try:
-                result = sub.handler(event)
+                result = sub.handler(view)
                 if result is not None and inspect.isawaitable(result):
                     self._awaiting = event
                     if sub.timeout is None:
@@ -283,7 +287,7 @@ class Dispatcher:
         monitor = self._monitor
         monitor.processed += 1
         monitor.processing_time += perf() - started
-        if not monitor.emitted_here(event):  # emitted here: counted by emit
+        if not own:  # emitted here: counted by emit
             monitor.record(event)
 
     async def _with_deadline(self, result: Any, timeout: float) -> None:

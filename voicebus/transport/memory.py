@@ -224,4 +224,5 @@ def _copy(message: Message, ids: tuple[int, ...], *, retain: bool) -> Message:
         message.validated,
         None,
         message.expires,
+        None if retain or message.retain else message.local,  # a retained copy: decoded
     )

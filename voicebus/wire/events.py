@@ -81,6 +81,10 @@ class Event:
     `data` holds the payload as it travels (camelCase keys, defaults for keys the
     wire format requires); `metadata` may be changed by middleware. `parent_id` is
     the id of the event being handled when this one was emitted (None otherwise).
+
+    Every handler gets an `Event` of its own (`copy`, made after the pre
+    middleware ran): whatever a handler changes in it, its `data` and `metadata`
+    included, no other handler, bus, `wait_for` or the history sees.
     """
 
     type: Enum
@@ -93,6 +97,20 @@ class Event:
     topic: str = ""
     parent_id: str | None = None
     """The id of the event whose handler emitted this one (causality; see `codec`)."""
+
+    def copy(self) -> Event:
+        """An equal event whose `data` and `metadata` share no container with this one."""
+        return Event(
+            self.type,
+            fresh(self.data),
+            self.id,
+            self.source,
+            self.timestamp,
+            self.correlation_id,
+            fresh(self.metadata) if self.metadata else {},
+            self.topic,
+            self.parent_id,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly view of the event."""
@@ -113,6 +131,33 @@ class Event:
             f"Event(type={self.type.value!r}, id={self.id!r}, topic={self.topic!r}, "
             f"correlation_id={self.correlation_id!r}, data={self.data!r})"
         )
+
+
+_CONTAINERS = frozenset({dict, list, set, tuple, bytearray})
+
+
+def fresh(data: dict[str, Any]) -> dict[str, Any]:
+    """A copy of `data` sharing no container with it (values that cannot change,
+    such as strings and numbers, are shared): a plain dict copy when it is flat."""
+    copied = data.copy()
+    if not _CONTAINERS.isdisjoint(map(type, copied.values())):
+        for key, value in copied.items():
+            if type(value) in _CONTAINERS:
+                copied[key] = _deep(value)
+    return copied
+
+
+def _deep(value: Any) -> Any:
+    kind = type(value)
+    if kind is dict:
+        return {k: _deep(v) for k, v in value.items()}
+    if kind is list:
+        return [_deep(v) for v in value]
+    if kind is tuple:
+        return tuple(_deep(v) for v in value)
+    if kind is set or kind is bytearray:
+        return kind(value)
+    return value
 
 
 def event_type_named(name: str, known: Iterable[Enum] = EventType) -> Enum:

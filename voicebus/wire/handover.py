@@ -1,0 +1,80 @@
+"""In-process hand-over: an event emitted in this process reaches the receiving
+buses of this process without the JSON round trip (encode, parse, look up the
+route, read the envelope) that MQTT needs.
+
+The emitting bus attaches a `Handover` to its encoded `Message` (`Message.local`)
+when the payload survives JSON unchanged (`plain`): strings, integers, floats,
+booleans, None, and dicts and lists of them; not on a binary route or one
+with topic-only keys, whose received data is rebuilt from the topic. Each receiver
+then builds its `Event` with `received`: the same values an MQTT receiver decodes
+(the same envelope rules: an empty source is absent, a missing correlation id is
+the payload's ``sessionId``), with containers of its own, so nothing the sender
+or another bus does to its event reaches it. The payload was validated by
+`codec.encode`; the encoded bytes still travel beside it (size limit, retained
+messages, tools that read raw messages).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .events import Event, fresh
+from .routes import Route
+
+_ATOMS = frozenset({str, int, float, bool, type(None)})  # pydantic-core JSON keeps inf, nan
+
+
+class Handover:
+    """The sender's event and who sent it (`sender`: the emitting bus's token)."""
+
+    __slots__ = ("event", "sender")
+
+    def __init__(self, event: Event, sender: object) -> None:
+        self.event = event
+        self.sender = sender
+
+
+def hand_over(route: Route, event: Event, sender: object) -> Handover | None:
+    """A `Handover` for `event`, or None when a receiver must decode the bytes."""
+    if route.body is not None or route.topic_only:
+        return None
+    data = event.data
+    if not _ATOMS.issuperset(map(type, data.values())) and not _plain(data):
+        return None
+    if event.metadata and not _plain(event.metadata):
+        return None
+    return Handover(event, sender)
+
+
+def received(handover: Handover) -> Event:
+    """The receiver's own `Event` for a handed-over one (see the module doc)."""
+    sent = handover.event
+    data = fresh(sent.data)
+    correlation_id = sent.correlation_id
+    if correlation_id is None:
+        session = data.get("sessionId")
+        if isinstance(session, str):
+            correlation_id = session
+    return Event(
+        sent.type,
+        data,
+        sent.id,
+        sent.source or None,
+        sent.timestamp,
+        correlation_id,
+        fresh(sent.metadata) if sent.metadata else {},
+        sent.topic,
+        sent.parent_id or None,
+    )
+
+
+def _plain(value: Any) -> bool:
+    """`value` comes back from JSON as it went in (equal, and of the same types)."""
+    kind = type(value)
+    if kind in _ATOMS:
+        return True
+    if kind is dict:
+        return all(type(k) is str and _plain(v) for k, v in value.items())
+    if kind is list:
+        return all(_plain(v) for v in value)
+    return False
