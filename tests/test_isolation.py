@@ -1,6 +1,6 @@
-"""No handler can change what another sees: each handler gets its own `Event`
-(see `voicebus.wire.events.Event`), on memory:// (where the validated payload is
-handed over in-process, `voicebus.wire.handover`) as on MQTT."""
+"""No handler can change what another sees: a received `Event` is read-only (see
+`voicebus.wire.events.Event`), on memory:// (where the validated payload is handed
+over in-process, `voicebus.wire.handover`) as on MQTT."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 
 from tests.helpers import Collector, marker
 from voicebus import Event, EventBus, EventType
+from voicebus.wire.events import FrozenDict
 
 DATA: dict[str, Any] = {
     "text": "lights on",
@@ -26,13 +27,28 @@ RECEIVED = {
 }
 
 
+REFUSED: list[str] = []
+
+
 def _vandal(event: Event) -> None:
-    event.data["text"] = "changed"
-    event.data["tags"][1]["b"].append(3)
-    event.data["nested"]["x"]["y"] = "set"
-    event.data.pop("confidence")
-    event.metadata["mine"] = True
-    event.correlation_id = "stolen"
+    attempts = {
+        "set a key": lambda: event.data.__setitem__("text", "changed"),
+        "nested list": lambda: event.data["tags"][1]["b"].append(3),
+        "nested dict": lambda: event.data["nested"]["x"].update(y="set"),
+        "pop": lambda: event.data.pop("confidence"),
+        "metadata": lambda: event.metadata.__setitem__("mine", True),
+        "metadata list": lambda: event.metadata["k"].append(2),
+        "attribute": lambda: setattr(event, "correlation_id", "stolen"),
+        "data": lambda: setattr(event, "data", {}),
+    }
+    for what, attempt in attempts.items():
+        try:
+            attempt()  # type: ignore[no-untyped-call]
+        except (TypeError, AttributeError):
+            REFUSED.append(what)
+    mine = event.copy()  # a copy is the handler's own to change
+    mine.data["tags"][1]["b"].append(4)
+    mine.metadata["mine"] = True
 
 
 async def test_a_handler_cannot_change_what_other_handlers_see(
@@ -55,6 +71,8 @@ async def test_a_handler_cannot_change_what_other_handlers_see(
     (there,) = await elsewhere.wait(1)
     waited = await waiting
     await marker(bus)
+    assert len(REFUSED) == 16, REFUSED  # 8 attempts on each bus, every one refused
+    REFUSED.clear()
     for event in (got, there, waited, peer.get_event_history(EventType.SPEECH_DETECTED)[-1]):
         assert event is not None
         assert event.data == RECEIVED, event
@@ -76,4 +94,5 @@ async def test_received_events_have_the_same_shape_on_both_transports(
     assert first.data["n"] == float("inf")  # pydantic-core's JSON keeps it
     assert first.correlation_id == "s"  # from the payload's sessionId
     assert second.data == {"siteId": "default", "id": "say-1", "when": [1, 2]}  # a set: JSON
-    assert type(first.data) is dict and type(first.metadata) is dict
+    assert isinstance(first.data, dict) and isinstance(first.metadata, dict)
+    assert type(first.data) is type(second.data) is FrozenDict  # the same on both transports

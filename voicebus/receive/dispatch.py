@@ -49,7 +49,7 @@ from typing import Any
 
 from ..errors import HandlerTimeout
 from ..transport import CONSUMER, Transport
-from ..wire.events import Event
+from ..wire.events import Event, seal_metadata
 from .monitor import HandlerStats, Monitor
 from .subscriptions import Subscription, SubscriptionRegistry, handler_name
 
@@ -235,6 +235,7 @@ class Dispatcher:
         for middleware in self.pre:
             if await self._run_middleware(middleware, event) is False:
                 return  # dropped, or failed: fails closed
+        seal_metadata(event)  # the pre middleware may change it; nobody after them
         registry = self._registry
         group_copy = self.is_group_copy(sids)
         for sub in registry.matching(event.topic):
@@ -245,10 +246,9 @@ class Dispatcher:
                     continue
             elif group_copy:
                 continue
-            view = event.copy()  # its own: nothing it changes reaches anyone else
             if sub.filter_func is not None:
                 try:
-                    if not sub.filter_func(view):
+                    if not sub.filter_func(event):
                         continue
                 except BaseException as exc:
                     self._failed(event, sub.name, exc, sub.component)
@@ -258,7 +258,7 @@ class Dispatcher:
             stats = self._stats_for(sub)
             begin = perf()
             try:
-                result = sub.handler(view)
+                result = sub.handler(event)
                 if result is not None and inspect.isawaitable(result):
                     self._awaiting = event
                     if sub.timeout is None:

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from ..errors import DecodeError
 from ..transport import Message, Transport
 from ..wire.codec import InvalidMessage, decode
-from ..wire.events import Event, EventType
+from ..wire.events import Event, EventType, seal
 from ..wire.handover import Handover, received
 from ..wire.routes import PREFIX, SYSTEM_PREFIXES, RouteTable
 from .cancellation import Cancellations
@@ -110,6 +110,7 @@ class Inbound:
             elif not topic.startswith(SYSTEM_PREFIXES):  # bookkeeping (status, dead letters)
                 self._failed(message, exc.reason, str(exc), None)
             return False
+        seal(event)  # read-only from here on (see `Event`)
         id_less = fresh != self._fresh_ids  # never a duplicate (see the module doc)
         return self._queue(event, message, id_less, self._monitor.emitted_here(event))
 

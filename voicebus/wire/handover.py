@@ -8,8 +8,9 @@ booleans, None, and dicts and lists of them; not on a binary route or one
 with topic-only keys, whose received data is rebuilt from the topic. Each receiver
 then builds its `Event` with `received`: the same values an MQTT receiver decodes
 (the same envelope rules: an empty source is absent, a missing correlation id is
-the payload's ``sessionId``), with containers of its own, so nothing the sender
-or another bus does to its event reaches it. The payload was validated by
+the payload's ``sessionId``). The data is frozen once, at emit (`freeze`: a copy,
+so what the sender does to its own event reaches nobody), and shared by every
+receiving bus: a received event is read-only (see `Event`). The payload was validated by
 `codec.encode`; the encoded bytes still travel beside it (size limit, retained
 messages, tools that read raw messages).
 """
@@ -18,20 +19,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from .events import Event, fresh
+from .events import Event, FrozenDict, ReadOnlyEvent, freeze, thaw
 from .routes import Route
 
 _ATOMS = frozenset({str, int, float, bool, type(None)})  # pydantic-core JSON keeps inf, nan
 
 
 class Handover:
-    """The sender's event and who sent it (`sender`: the emitting bus's token)."""
+    """The sender's event, its data frozen, and who sent it (the emitting bus's token)."""
 
-    __slots__ = ("event", "sender")
+    __slots__ = ("data", "event", "sender")
 
     def __init__(self, event: Event, sender: object) -> None:
         self.event = event
         self.sender = sender
+        self.data: FrozenDict = freeze(event.data)
 
 
 def hand_over(route: Route, event: Event, sender: object) -> Handover | None:
@@ -49,23 +51,25 @@ def hand_over(route: Route, event: Event, sender: object) -> Handover | None:
 def received(handover: Handover) -> Event:
     """The receiver's own `Event` for a handed-over one (see the module doc)."""
     sent = handover.event
-    data = fresh(sent.data)
+    data = handover.data
     correlation_id = sent.correlation_id
     if correlation_id is None:
         session = data.get("sessionId")
         if isinstance(session, str):
             correlation_id = session
-    return Event(
+    event = Event(
         sent.type,
         data,
         sent.id,
         sent.source or None,
         sent.timestamp,
         correlation_id,
-        fresh(sent.metadata) if sent.metadata else {},
+        thaw(sent.metadata) if sent.metadata else {},  # the pre middleware may change it
         sent.topic,
         sent.parent_id or None,
     )
+    event.__class__ = ReadOnlyEvent  # `events.seal`, its data frozen already
+    return event
 
 
 def _plain(value: Any) -> bool:
