@@ -49,7 +49,7 @@ from typing import Any
 
 from ..errors import HandlerTimeout
 from ..transport import CONSUMER, Transport
-from ..wire.events import Event, seal_metadata
+from ..wire.events import Event, seal_metadata, unseal_metadata
 from .monitor import HandlerStats, Monitor
 from .subscriptions import Subscription, SubscriptionRegistry, handler_name
 
@@ -232,10 +232,12 @@ class Dispatcher:
         perf = time.perf_counter
         started = perf()
         HANDLING.set(event)
-        for middleware in self.pre:
-            if await self._run_middleware(middleware, event) is False:
-                return  # dropped, or failed: fails closed
-        seal_metadata(event)  # the pre middleware may change it; nobody after them
+        if self.pre:  # they may change the metadata; nobody after them
+            unseal_metadata(event)  # if sealed before the first was added
+            for middleware in self.pre:
+                if await self._run_middleware(middleware, event) is False:
+                    return  # dropped, or failed: fails closed
+            seal_metadata(event)
         registry = self._registry
         group_copy = self.is_group_copy(sids)
         for sub in registry.matching(event.topic):

@@ -20,6 +20,7 @@ delivers each publish once per bus, and a retained copy comes without hand-over.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 from ..errors import DecodeError
 from ..transport import Message, Transport
@@ -83,6 +84,16 @@ class Inbound:
             if not queued and self.acker is not None:
                 self.acker.ack(token)
 
+    def on_local(self, message: Message, sids: tuple[int, ...]) -> None:
+        """In-process callback (``memory://``): `message` carries a `Handover` and is
+        for this bus's subscriptions `sids` (no acknowledgement, no copy of it)."""
+        local = message.local
+        if type(local) is Handover and len(message.payload) <= self._max_payload:
+            event = received(local, bool(self._dispatcher.pre))
+            self._queue(event, sids, None, True, local.sender is self._monitor)
+        else:
+            self.receive(replace(message, subscription_ids=sids, local=None))
+
     def receive(self, message: Message) -> bool:
         """Decode `message` and queue its event for dispatch; False when not queued
         (a dead letter, unrouted, a duplicate)."""
@@ -95,8 +106,9 @@ class Inbound:
         if type(local) is Handover:
             # Emitted in this process, validated there, delivered once per bus: no
             # decoding, and never a duplicate (a retained copy carries no hand-over).
-            event = received(local)
-            return self._queue(event, message, True, local.sender is self._monitor)
+            own = local.sender is self._monitor
+            event = received(local, bool(self._dispatcher.pre))
+            return self._queue(event, message.subscription_ids, message.ack, True, own)
         fresh = self._fresh_ids
         try:
             event = decode(message, self._routes, self._fresh_id)
@@ -110,14 +122,16 @@ class Inbound:
             elif not topic.startswith(SYSTEM_PREFIXES):  # bookkeeping (status, dead letters)
                 self._failed(message, exc.reason, str(exc), None)
             return False
-        seal(event)  # read-only from here on (see `Event`)
+        seal(event, not self._dispatcher.pre)  # read-only from here on (see `Event`)
         id_less = fresh != self._fresh_ids  # never a duplicate (see the module doc)
-        return self._queue(event, message, id_less, self._monitor.emitted_here(event))
+        own = self._monitor.emitted_here(event)
+        return self._queue(event, message.subscription_ids, message.ack, id_less, own)
 
-    def _queue(self, event: Event, message: Message, unique: bool, own: bool) -> bool:
+    def _queue(
+        self, event: Event, sids: tuple[int, ...], ack: object | None, unique: bool, own: bool
+    ) -> bool:
         """De-duplicate (unless `unique`), apply cancellations, resolve waiters, queue.
         `own`: this bus emitted the event (counted in its history by `emit`)."""
-        sids = message.subscription_ids
         if self._dispatcher.is_group_copy(sids):
             # The broker's copy for a group (shared subscription) of this bus: it is
             # dispatched to that group's handlers only, apart from the plain copy.
@@ -137,7 +151,7 @@ class Inbound:
                     return False
             if len(self._waiters):
                 self._waiters.resolve(event)
-        self._dispatcher.enqueue(event, sids, message.ack, own)
+        self._dispatcher.enqueue(event, sids, ack, own)
         return True
 
     def _fresh_id(self) -> str:

@@ -231,12 +231,15 @@ class ReadOnlyEvent(Event):
     __delattr__ = _read_only
 
 
-def seal(event: Event) -> None:
-    """Make a received `event` read-only, its `data` frozen (its `metadata` stays
-    changeable for the pre middleware: `seal_metadata`)."""
+def seal(event: Event, metadata: bool) -> None:
+    """Make a received `event` read-only, its `data` frozen, and its `metadata` too
+    unless not `metadata` (it stays changeable for the pre middleware: then
+    `seal_metadata` once they ran)."""
     data = event.data
     if type(data) is not FrozenDict:
         event.data = freeze(data)
+    if metadata:
+        event.metadata = freeze(event.metadata) if event.metadata else FROZEN_EMPTY
     event.__class__ = ReadOnlyEvent
 
 
@@ -245,6 +248,12 @@ def seal_metadata(event: Event) -> None:
     metadata = event.metadata
     if type(metadata) is not FrozenDict:
         object.__setattr__(event, "metadata", freeze(metadata) if metadata else FROZEN_EMPTY)
+
+
+def unseal_metadata(event: Event) -> None:
+    """Make the `metadata` of a sealed event changeable again (for the pre middleware)."""
+    if type(event.metadata) is FrozenDict:
+        object.__setattr__(event, "metadata", thaw(event.metadata))
 
 
 def event_type_named(name: str, known: Iterable[Enum] = EventType) -> Enum:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .events import Event, FrozenDict, ReadOnlyEvent, freeze, thaw
+from .events import FROZEN_EMPTY, Event, FrozenDict, ReadOnlyEvent, freeze, thaw
 from .routes import Route
 
 _ATOMS = frozenset({str, int, float, bool, type(None)})  # pydantic-core JSON keeps inf, nan
@@ -28,12 +28,14 @@ _ATOMS = frozenset({str, int, float, bool, type(None)})  # pydantic-core JSON ke
 class Handover:
     """The sender's event, its data frozen, and who sent it (the emitting bus's token)."""
 
-    __slots__ = ("data", "event", "sender")
+    __slots__ = ("data", "event", "metadata", "sender")
 
-    def __init__(self, event: Event, sender: object) -> None:
+    def __init__(self, event: Event, sender: object, data: FrozenDict) -> None:
         self.event = event
         self.sender = sender
-        self.data: FrozenDict = freeze(event.data)
+        self.data = data
+        metadata = event.metadata
+        self.metadata = freeze(metadata) if metadata else FROZEN_EMPTY
 
 
 def hand_over(route: Route, event: Event, sender: object) -> Handover | None:
@@ -41,15 +43,20 @@ def hand_over(route: Route, event: Event, sender: object) -> Handover | None:
     if route.body is not None or route.topic_only:
         return None
     data = event.data
-    if not _ATOMS.issuperset(map(type, data.values())) and not _plain(data):
+    if _ATOMS.issuperset(map(type, data.values())):
+        frozen = FrozenDict(data)
+    elif _plain(data):
+        frozen = freeze(data)
+    else:
         return None
     if event.metadata and not _plain(event.metadata):
         return None
-    return Handover(event, sender)
+    return Handover(event, sender, frozen)
 
 
-def received(handover: Handover) -> Event:
-    """The receiver's own `Event` for a handed-over one (see the module doc)."""
+def received(handover: Handover, middleware: bool) -> Event:
+    """The receiver's own `Event` for a handed-over one (see the module doc); its
+    `metadata` changeable when the receiver has pre `middleware`."""
     sent = handover.event
     data = handover.data
     correlation_id = sent.correlation_id
@@ -64,7 +71,7 @@ def received(handover: Handover) -> Event:
         sent.source or None,
         sent.timestamp,
         correlation_id,
-        thaw(sent.metadata) if sent.metadata else {},  # the pre middleware may change it
+        (thaw(sent.metadata) if sent.metadata else {}) if middleware else handover.metadata,
         sent.topic,
         sent.parent_id or None,
     )
