@@ -142,8 +142,9 @@ def run_scaling(args: argparse.Namespace, url: str) -> dict[tuple[str, str, int]
             for transport, bus_url in (("memory://", "memory://scale"), ("MQTT", url)):
                 result = asyncio.run(scaling.scaled(bus_url, args.scale_count, kind, k))
                 cells[transport, kind, k] = result.cpu_us if not result.lost else float("nan")
+                note = f"  LOST {result.lost} of {result.sent}" if result.lost else ""
                 print(
-                    f"  {transport:<9} {kind:<8} {k:>5}: {result.cpu_us:8.1f} µs CPU/event",
+                    f"  {transport:<9} {kind:<8} {k:>5}: {result.cpu_us:8.1f} µs CPU/event{note}",
                     flush=True,
                 )
     return cells

@@ -98,6 +98,7 @@ class Counter:
         self.target = 0
         self.reached_at = 0.0
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.mark: tuple[int, asyncio.Future[None]] | None = None
 
     def reset(self, target: int) -> None:
         self.count = 0
@@ -111,6 +112,22 @@ class Counter:
             self.reached_at = time.perf_counter()
             if not self.done.done():
                 self.done.set_result(None)
+        mark = self.mark
+        if mark is not None and self.count >= mark[0] and not mark[1].done():
+            mark[1].set_result(None)
+
+    async def until(self, count: int) -> bool:
+        """Wait until `count` were received; False when counting stalls."""
+        while self.count < count:
+            future = asyncio.get_running_loop().create_future()
+            self.mark = (count, future)
+            try:
+                await asyncio.wait_for(future, STALL_SECONDS)
+            except TimeoutError:
+                return False
+            finally:
+                self.mark = None
+        return True
 
     async def wait(self) -> bool:
         """True once the target is reached; False when counting stalls for STALL_SECONDS."""
