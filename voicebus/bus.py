@@ -361,7 +361,7 @@ class EventBus:
         Raises `PayloadValidationError` naming the field when `data` does not fit
         the event type's model; nothing is published then.
         """
-        if isinstance(event_type, str) and not isinstance(event_type, Enum):
+        if not isinstance(event_type, Enum) and isinstance(event_type, str):
             event_type = event_type_named(event_type)
         route = self._routes.get(event_type)
         parent = HANDLING.get()

@@ -39,12 +39,13 @@ inherits its correlation id and records its id as ``parent_id``.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import time
 from collections import deque
 from collections.abc import Callable
 from contextvars import ContextVar
+from inspect import isawaitable
+from types import CoroutineType
 from typing import Any
 
 from ..errors import HandlerTimeout
@@ -58,6 +59,9 @@ log = logging.getLogger("voicebus")
 Middleware = Callable[[Event], Any]
 FailureReport = Callable[[Event, str, BaseException, str], None]
 """Called as ``report(event, handler_name, exception, component)``."""
+
+_COROUTINE = CoroutineType
+"""What an ``async def`` handler returns: awaited without `inspect.isawaitable`'s checks."""
 
 _FATAL = (KeyboardInterrupt, SystemExit)
 """What a handler may raise to end the process: never caught here."""
@@ -239,7 +243,7 @@ class Dispatcher:
                     return  # dropped, or failed: fails closed
             seal_metadata(event)
         registry = self._registry
-        group_copy = self.is_group_copy(sids)
+        group_copy = bool(self.group_sids) and self.is_group_copy(sids)
         for sub in registry.matching(event.topic):
             if not sub.active:
                 continue
@@ -257,11 +261,11 @@ class Dispatcher:
                     continue
             if sub.once:  # removed before it runs, so it runs once
                 self._remove(sub)
-            stats = self._stats_for(sub)
+            stats = sub.stats or self._stats_for(sub)
             begin = perf()
             try:
                 result = sub.handler(event)
-                if result is not None and inspect.isawaitable(result):
+                if result is not None and (type(result) is _COROUTINE or isawaitable(result)):
                     self._awaiting = event
                     if sub.timeout is None:
                         await result
@@ -357,7 +361,7 @@ class Dispatcher:
         """What `middleware` returned; ``False`` when it raised (a failure)."""
         try:
             result = middleware(event)
-            if inspect.isawaitable(result):
+            if isawaitable(result):
                 result = await result
             return result
         except BaseException as exc:

@@ -132,7 +132,8 @@ class Inbound:
     ) -> bool:
         """De-duplicate (unless `unique`), apply cancellations, resolve waiters, queue.
         `own`: this bus emitted the event (counted in its history by `emit`)."""
-        if self._dispatcher.is_group_copy(sids):
+        dispatcher = self._dispatcher
+        if dispatcher.group_sids and dispatcher.is_group_copy(sids):
             # The broker's copy for a group (shared subscription) of this bus: it is
             # dispatched to that group's handlers only, apart from the plain copy.
             if not unique and not self._dispatched.add(_message_key("g", event)):
@@ -151,7 +152,7 @@ class Inbound:
                     return False
             if len(self._waiters):
                 self._waiters.resolve(event)
-        self._dispatcher.enqueue(event, sids, ack, own)
+        dispatcher.enqueue(event, sids, ack, own)
         return True
 
     def _fresh_id(self) -> str:
