@@ -21,7 +21,7 @@ from voicebus.transport import Message, parse_url
 from voicebus.transport.mqtt import MqttOptions, MqttTransport
 from voicebus.wire.status import OFFLINE, ONLINE, status_topic
 
-KEEPALIVE = 5
+KEEPALIVE = 3  # seconds: short, so 4 keepalives pass in ~12 s
 PINGS = 4
 """PINGRESPs the slow bus must read while its handler is blocked: ~4x keepalive,
 well past the 1.5x after which a link that is not read is closed."""
@@ -101,7 +101,7 @@ async def test_a_handler_blocked_for_4_keepalives_keeps_the_link_and_gets_all_20
     try:
         async with bus, EventBus(url) as pub:
             await bus.ready()
-            transport = bus._transport  # an internal: how much the transport holds back
+            transport = bus.transport  # an internal: how much the transport holds back
             assert isinstance(transport, MqttTransport)
             receive_maximum = transport.options.receive_maximum
             await _until(lambda: statuses == [ONLINE], 5)

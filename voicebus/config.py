@@ -13,8 +13,9 @@ a leaf: plain data, no I/O, imported by the bus and the transports alike.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
-from typing import TypedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, TypedDict
 
 from .errors import ConfigError
 
@@ -62,8 +63,10 @@ class MqttSettings:
     resend_window: float = 0.0
     """Seconds: QoS 1 messages acknowledged this recently before a loss are sent
     again after the reconnect (0 = off; see mosquitto/README.md)."""
-    status: bool = True
-    """Publish the retained ``voicebus/status/<clientId>`` online/offline and Last Will."""
+    status: bool | None = None
+    """Publish the retained ``voicebus/status/<clientId>`` online/offline and Last Will.
+    None: only with a client id of your own (a generated one is new every run);
+    True: also with a generated one, whose status is cleared at stop and by its Will."""
     max_unacked: int = 10
     """With a persistent session, received QoS 1 messages whose PUBACK waits for
     their handlers. The client's Receive Maximum is twice this: the broker's window
@@ -125,7 +128,7 @@ class BusSettings(TypedDict, total=False):
     reconnect_jitter: float
     outbox_size: int
     resend_window: float
-    status: bool
+    status: bool | None
     max_unacked: int
     protocol: str
     max_queue_size: int
@@ -168,3 +171,25 @@ def check_applies(config: BusConfig, scheme: str) -> None:
             f"{', '.join(used)} only appl{'ies' if len(used) == 1 else 'y'} to mqtt:// "
             "and mqtts:// buses; this bus is memory://"
         )
+
+
+def resolve_config(
+    config: BusConfig | None, settings: Mapping[str, Any], scheme: str
+) -> BusConfig:
+    """`config` (or the defaults) with the keyword `settings` applied: `ConfigError`
+    for an unknown name or an MQTT-only setting on a ``memory://`` bus; a ``None``
+    value keeps the default."""
+    unknown = set(settings) - CONFIG_FIELDS
+    if unknown:
+        raise ConfigError(f"unknown EventBus option(s): {', '.join(sorted(unknown))}")
+    given = {name: value for name, value in settings.items() if value is not None}
+    resolved = replace(config or BusConfig(), **given)
+    check_applies(resolved, scheme)
+    return resolved
+
+
+def positive_seconds(name: str, seconds: float | None) -> float | None:
+    """`seconds` when it is ``None`` or > 0, else `ValueError` naming `name`."""
+    if seconds is not None and not seconds > 0:
+        raise ValueError(f"{name} must be a number of seconds > 0 (or None), got {seconds!r}")
+    return seconds
