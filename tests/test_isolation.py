@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.helpers import Collector, marker
+from tests.helpers import Collector, eventually, marker
 from voicebus import Event, EventBus, EventType
 from voicebus.wire.events import FrozenDict
+from voicebus.wire.routes import ROUTES, RouteTable
 
 DATA: dict[str, Any] = {
     "text": "lights on",
@@ -96,3 +97,18 @@ async def test_received_events_have_the_same_shape_on_both_transports(
     assert second.data == {"siteId": "default", "id": "say-1", "when": [1, 2]}  # a set: JSON
     assert isinstance(first.data, dict) and isinstance(first.metadata, dict)
     assert type(first.data) is type(second.data) is FrozenDict  # the same on both transports
+
+
+async def test_a_bus_with_another_route_table_decodes_the_bytes() -> None:
+    """The hand-over carries the sender's event type: a bus whose route table does
+    not know the topic gets no event of it (as over MQTT), only an unrouted count."""
+    url = f"memory://routes-{id(object())}"
+    got = Collector()
+    table = RouteTable([ROUTES.get(EventType.CANCELLED)])  # every bus needs that one
+    async with EventBus(url) as sender, EventBus(url, routes=table) as other:
+        other.subscribe("hermes/#", got)
+        await other.ready()
+        await sender.emit(EventType.SPEECH_DETECTED, {"text": "hi"})
+        await sender.emit(EventType.TTS_COMPLETED, {"id": "x"})
+        await eventually(lambda: other.get_stats()["metrics"]["unrouted_messages"] == 2)
+        assert got.events == []

@@ -316,7 +316,7 @@ class EventBus:
             ttl=ttl if ttl is None else positive_seconds("ttl", ttl),
         )
         if self._in_process and not message.retain:  # receivers here skip the JSON
-            message.local = hand_over(route, event, self.monitor)
+            message.local = hand_over(route, event, self.monitor, self._routes)
         if message.local is None:  # an echo to recognise when it comes back
             self.monitor.emitting(event)  # (before it can come back from the broker)
         link = self._link

@@ -88,7 +88,11 @@ class Inbound:
         """In-process callback (``memory://``): `message` carries a `Handover` and is
         for this bus's subscriptions `sids` (no acknowledgement, no copy of it)."""
         local = message.local
-        if type(local) is Handover and len(message.payload) <= self._max_payload:
+        if (
+            type(local) is Handover
+            and local.routes is self._routes
+            and len(message.payload) <= self._max_payload
+        ):
             event = received(local, bool(self._dispatcher.pre))
             self._queue(event, sids, None, True, local.sender is self._monitor)
         else:
@@ -103,7 +107,7 @@ class Inbound:
             self._failed(message, "payload_too_large", error, None)
             return False
         local = message.local
-        if type(local) is Handover:
+        if type(local) is Handover and local.routes is self._routes:
             # Emitted in this process, validated there, delivered once per bus: no
             # decoding, and never a duplicate (a retained copy carries no hand-over).
             own = local.sender is self._monitor

@@ -10,9 +10,10 @@ then builds its `Event` with `received`: the same values an MQTT receiver decode
 (the same envelope rules: an empty source is absent, a missing correlation id is
 the payload's ``sessionId``). The data is frozen once, at emit (`freeze`: a copy,
 so what the sender does to its own event reaches nobody), and shared by every
-receiving bus: a received event is read-only (see `Event`). The payload was validated by
-`codec.encode`; the encoded bytes still travel beside it (size limit, retained
-messages, tools that read raw messages).
+receiving bus: a received event is read-only (see `Event`). The payload was
+validated by `codec.encode`; the encoded bytes still travel beside it (size
+limit, retained messages, tools that read raw messages, and a bus with another
+route table, which decodes them as over MQTT).
 """
 
 from __future__ import annotations
@@ -28,17 +29,19 @@ _ATOMS = frozenset({str, int, float, bool, type(None)})  # pydantic-core JSON ke
 class Handover:
     """The sender's event, its data frozen, and who sent it (the emitting bus's token)."""
 
-    __slots__ = ("data", "event", "metadata", "sender")
+    __slots__ = ("data", "event", "metadata", "routes", "sender")
 
-    def __init__(self, event: Event, sender: object, data: FrozenDict) -> None:
+    def __init__(self, event: Event, sender: object, data: FrozenDict, routes: object) -> None:
         self.event = event
         self.sender = sender
         self.data = data
+        self.routes = routes
+        """The sender's route table: a bus with another one decodes the bytes."""
         metadata = event.metadata
         self.metadata = freeze(metadata) if metadata else FROZEN_EMPTY
 
 
-def hand_over(route: Route, event: Event, sender: object) -> Handover | None:
+def hand_over(route: Route, event: Event, sender: object, routes: object) -> Handover | None:
     """A `Handover` for `event`, or None when a receiver must decode the bytes."""
     if route.body is not None or route.topic_only:
         return None
@@ -51,7 +54,7 @@ def hand_over(route: Route, event: Event, sender: object) -> Handover | None:
         return None
     if event.metadata and not _plain(event.metadata):
         return None
-    return Handover(event, sender, frozen)
+    return Handover(event, sender, frozen, routes)
 
 
 def received(handover: Handover, middleware: bool) -> Event:
