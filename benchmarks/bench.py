@@ -22,8 +22,10 @@ import argparse
 import asyncio
 import cProfile
 import io
+import json
 import os
 import pstats
+import subprocess
 import sys
 import tempfile
 import time
@@ -56,6 +58,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--round-trips", type=int, default=1000, help="per QoS and peer")
     parser.add_argument("--scale-count", type=int, default=None, help="events per scaling cell")
     parser.add_argument("--rss-events", type=int, default=1_000_000, help="memory:// events")
+    parser.add_argument("--rss-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--repeat", type=int, default=3, help="interleaved rounds")
     parser.add_argument("--quick", action="store_true", help="a smoke run (~15 s)")
     parser.add_argument("--profile", action="store_true", help="cProfile the voicebus paths")
@@ -150,6 +153,20 @@ def run_scaling(args: argparse.Namespace, url: str) -> dict[tuple[str, str, int]
     return cells
 
 
+def rss_in_fresh_process(total: int) -> tuple[float, float, float]:
+    """`scaling.memory_rss` (after `total` // 10 and `total` events) in a process of
+    its own: it then finds the growth of voicebus's memory, not this process's
+    earlier peak (whose freed arenas would hide it)."""
+    child = subprocess.run(
+        [sys.executable, __file__, "--rss-child", "--rss-events", str(total)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    before, after_first, after_all = json.loads(child.stdout.strip().splitlines()[-1])
+    return before, after_first, after_all
+
+
 def profile(label: str, coro: Any, top: int) -> None:
     profiler = cProfile.Profile()
     profiler.enable()
@@ -164,6 +181,11 @@ def profile(label: str, coro: Any, top: int) -> None:
 
 def main() -> int:
     args = parse_args()
+    if args.rss_child:
+        register_routes()
+        first = max(args.rss_events // 10, 1)
+        print(json.dumps(asyncio.run(scaling.memory_rss(first, args.rss_events))))
+        return 0
     from tests.broker import Mosquitto
 
     register_routes()
@@ -188,7 +210,7 @@ def main() -> int:
             cells = run_scaling(args, url)
             first = max(args.rss_events // 10, 1)
             print(f"RSS: {args.rss_events:,} memory:// events; {load()}", flush=True)
-            rss = asyncio.run(scaling.memory_rss(first, args.rss_events))
+            rss = rss_in_fresh_process(args.rss_events)
             print_results(results)
             print_scaling(cells, SCALES)
             print_done_when(results, cells, rss, first, args.rss_events, load())
