@@ -87,7 +87,8 @@ class Event:
     ran, its attributes always. Every handler, ``filter_func``, post middleware and
     `wait_for` of a bus sees that one event, so no handler can change what another
     sees; a change raises ``TypeError`` (``AttributeError`` for an attribute).
-    Change a copy instead: `copy` (or ``dict(event.data)``).
+    Change a copy instead: `copy` (or ``dict(event.data)``). The event `emit`
+    returns is the sender's own and stays changeable (receivers got a copy).
     """
 
     type: Enum
