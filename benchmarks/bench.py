@@ -44,6 +44,10 @@ from report import Results, print_done_when, print_results, print_scaling
 
 import voicebus
 
+PARTS = ("memory", "mqtt", "rtt", "scaling", "rss")
+"""What `--only` can pick: in-process peers, MQTT end to end, round trips, the
+scaling table, the RSS over a million memory:// events."""
+
 
 def load() -> str:
     one, five, _ = os.getloadavg()
@@ -59,6 +63,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--scale-count", type=int, default=None, help="events per scaling cell")
     parser.add_argument("--rss-events", type=int, default=1_000_000, help="memory:// events")
     parser.add_argument("--rss-child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--only",
+        default=",".join(PARTS),
+        help=f"comma-separated parts to run (default: all of {','.join(PARTS)})",
+    )
     parser.add_argument("--repeat", type=int, default=3, help="interleaved rounds")
     parser.add_argument("--quick", action="store_true", help="a smoke run (~15 s)")
     parser.add_argument("--profile", action="store_true", help="cProfile the voicebus paths")
@@ -69,6 +78,10 @@ def parse_args() -> argparse.Namespace:
         args.repeat = 1
     if args.scale_count is None:
         args.scale_count = max(args.count // 4, 1)
+    args.only = {part.strip() for part in args.only.split(",") if part.strip()}
+    unknown = args.only - set(PARTS)
+    if unknown:
+        parser.error(f"unknown part(s) {', '.join(sorted(unknown))}; known: {', '.join(PARTS)}")
     return args
 
 
@@ -99,13 +112,17 @@ def one_round(args: argparse.Namespace, results: Results, port: int, url: str) -
     n, m, w = args.count, args.memory_count, min(500, max(args.count // 10, 1))
     rt, rw = args.round_trips, min(100, max(args.round_trips // 10, 1))
     for key, make in (
-        ("voicebus memory://", lambda: mem.voicebus_memory(m)),
-        ("pyee memory", lambda: mem.pyee_memory(m)),
-        ("bubus memory", lambda: mem.bubus_memory(args.bubus_count)),
-        ("asyncio.Queue memory", lambda: mem.queue_memory(m)),
+        ()
+        if "memory" not in args.only
+        else (
+            ("voicebus memory://", lambda: mem.voicebus_memory(m)),
+            ("pyee memory", lambda: mem.pyee_memory(m)),
+            ("bubus memory", lambda: mem.bubus_memory(args.bubus_count)),
+            ("asyncio.Queue memory", lambda: mem.queue_memory(m)),
+        )
     ):
         attempt(results, key, lambda make=make: asyncio.run(make()))
-    for qos in (0, 1):
+    for qos in (0, 1) if "mqtt" in args.only else ():
         attempt(
             results,
             f"voicebus e2e q{qos}",
@@ -120,7 +137,7 @@ def one_round(args: argparse.Namespace, results: Results, port: int, url: str) -
             lambda q=qos: asyncio.run(mq.faststream_e2e(port, q, n, w)),
         )
         attempt(results, f"paho e2e q{qos}", lambda q=qos: mq.paho_e2e(port, q, n, w))
-    for qos in (0, 1):
+    for qos in (0, 1) if "rtt" in args.only else ():
         attempt(
             results,
             f"voicebus rtt q{qos}",
@@ -207,10 +224,12 @@ def main() -> int:
             for index in range(args.repeat):
                 print(f"round {index + 1}/{args.repeat}; {load()}", flush=True)
                 one_round(args, results, port, url)
-            cells = run_scaling(args, url)
+            cells = run_scaling(args, url) if "scaling" in args.only else {}
             first = max(args.rss_events // 10, 1)
-            print(f"RSS: {args.rss_events:,} memory:// events; {load()}", flush=True)
-            rss = rss_in_fresh_process(args.rss_events)
+            rss = (float("nan"),) * 3
+            if "rss" in args.only:
+                print(f"RSS: {args.rss_events:,} memory:// events; {load()}", flush=True)
+                rss = rss_in_fresh_process(args.rss_events)
             print_results(results)
             print_scaling(cells, SCALES)
             print_done_when(results, cells, rss, first, args.rss_events, load())
