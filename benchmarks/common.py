@@ -67,17 +67,19 @@ def register_routes() -> None:
 
 
 def wildcard_filters(count: int, topic: str = DEEP_TOPIC) -> list[str]:
-    """`count` distinct filters that all match `topic` (``+`` in some levels)."""
-    levels = topic.split("/")
-    found: list[str] = []
-    for mask in range(1 << len(levels)):
-        if len(found) == count:
-            break
-        parts = ["+" if mask >> i & 1 else level for i, level in enumerate(levels)]
-        found.append("/".join(parts))
-    if len(found) < count:
-        raise ValueError(f"only {len(found)} filters for {topic}")
-    return found
+    """`count` distinct filters that all match `topic`: the topic itself first, then
+    the one with ``+`` in every level after ``bench/vb`` (it covers all the others:
+    a bus that sends the broker only a covering set can get each message once),
+    then ``+`` in other combinations of those levels."""
+    head, levels = topic.split("/")[:2], topic.split("/")[2:]
+    top = (1 << len(levels)) - 1
+    masks = [0, top, *range(1, top)]
+    if count > len(masks):
+        raise ValueError(f"only {len(masks)} filters for {topic}")
+    return [
+        "/".join(head + ["+" if mask >> i & 1 else level for i, level in enumerate(levels)])
+        for mask in masks[:count]
+    ]
 
 
 def raw_payload(seq: int) -> bytes:
