@@ -223,7 +223,8 @@ def _routes_by_type() -> dict[Enum, Route]:
 
 def test_topic_only_keys_are_the_documented_ones() -> None:
     routes = _routes_by_type()
-    assert routes[EventType.WAKE_WORD_DETECTED].topic_only == {"wakewordId"}
+    # in the payload too: Home Assistant templates see only the payload
+    assert routes[EventType.WAKE_WORD_DETECTED].topic_only == frozenset()
     assert routes[EventType.AUDIO_PLAYBACK_ENDED].topic_only == {"siteId"}
     assert routes[EventType.SPEECH_ENDED].topic_only == frozenset()  # Snips VAD has siteId
     for route in ROUTES:

@@ -136,7 +136,6 @@ def _default_routes() -> list[Route]:
             e.WAKE_WORD_DETECTED,
             "hermes/hotword/{wakewordId}/detected",
             m.HotwordDetected,
-            topic_only=("wakewordId",),
             hermes="HotwordDetected",
         ),
         _route(
