@@ -189,6 +189,18 @@ def test_topic_value_wins_over_payload_value() -> None:
     assert event.data["siteId"] == "kitchen"
 
 
+def test_wake_word_id_from_the_topic_with_or_without_the_payload_key() -> None:
+    """``wakewordId`` is in the topic and (for Home Assistant) the payload: decoding
+    takes a Hermes peer's payload without it, and the topic wins when they differ."""
+    from voicebus.transport.base import Message
+
+    topic = "hermes/hotword/porcupine/detected"
+    for payload in (b'{"modelId": "p"}', b'{"modelId": "p", "wakewordId": "other"}'):
+        event = decode(Message(topic, payload), ROUTES, lambda: "x")
+        assert event.type is EventType.WAKE_WORD_DETECTED
+        assert event.data["wakewordId"] == "porcupine"
+
+
 def test_parameter_defaults_fill_the_topic() -> None:
     assert topic_for(EventType.WAKE_WORD_DETECTED) == "hermes/hotword/default/detected"
     assert (

@@ -108,8 +108,12 @@ class HomeAssistantBridge:
         routes = bus.routes
         if BridgeTopic.HA_STATUS not in routes or BridgeTopic.SERVICE_STATUS not in routes:
             raise ConfigError("the bridge's bus needs routes=bridge_routes(prefix)")
-        if routes.get(BridgeTopic.HA_STATUS).template.template != f"{prefix}/status":
-            raise ConfigError(f"the bridge's routes listen to another prefix than {prefix!r}")
+        birth = routes.get(BridgeTopic.HA_STATUS).template.template
+        if birth != f"{prefix}/status":
+            raise ConfigError(
+                f"the bridge's bus listens to {birth}, not {prefix}/status: make it with "
+                f"routes=bridge_routes({prefix!r}) (the same discovery prefix)"
+            )
         self.bus = bus
         self.prefix = prefix
         self.states = SiteStates()
