@@ -101,7 +101,8 @@ class HomeAssistant:
     def _write_config(self, protocol: str) -> str:
         storage = self.config / ".storage"
         storage.mkdir(parents=True, exist_ok=True)
-        shutil.copy(SHIPPED_YAML / "scripts.yaml", self.config / "scripts.yaml")
+        for name in ("scripts.yaml", "automations.yaml"):
+            shutil.copy(SHIPPED_YAML / name, self.config / name)
         (self.config / "configuration.yaml").write_text(
             f"""homeassistant:
   name: voicebus test
@@ -116,6 +117,7 @@ http:
   server_port: {self.port}
 api:
 script: !include scripts.yaml
+automation: !include automations.yaml
 logger:
   default: warning
   logs:

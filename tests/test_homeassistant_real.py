@@ -135,33 +135,54 @@ async def test_each_site_is_a_device_with_its_entities(ha: HomeAssistant, bridge
 
 
 async def test_speech_sets_the_transcript_of_its_site(ha: HomeAssistant, peer: EventBus) -> None:
+    """... and the shipped light automation answers it on its site, in its session."""
     await _live(ha, "kitchen")
+    said = Collector("tts")
+    peer.subscribe(EventType.TTS_SAY, said, filter_func=lambda e: e.correlation_id == "sess-light")
+    await peer.ready()
     text = "turn on the kitchen light"
-    await peer.emit(EventType.SPEECH_DETECTED, {"text": text, "siteId": "kitchen"})
+    await peer.emit(
+        EventType.SPEECH_DETECTED, {"text": text, "siteId": "kitchen"}, correlation_id="sess-light"
+    )
     await _until_state(ha, "sensor.voicebus_kitchen_transcript", text)
     assert _state(ha, "sensor.voicebus_office_transcript") != text
     attributes = ha.state("sensor.voicebus_kitchen_transcript")["attributes"]  # type: ignore[index]
     assert attributes["siteId"] == "kitchen" and attributes["transcript"] == text
+    (answer,) = await said.wait(1, timeout=10)
+    assert (answer.data["text"], answer.data["siteId"]) == ("Turning on the light", "kitchen")
 
 
 async def test_a_wake_word_fires_its_sites_event_only(ha: HomeAssistant, peer: EventBus) -> None:
     await _live(ha, "kitchen")
     kitchen, office = "event.voicebus_kitchen_wake_word", "event.voicebus_office_wake_word"
     before = {e: ha.state(e) for e in (kitchen, office)}
+    said = Collector("tts")
+    peer.subscribe(EventType.TTS_SAY, said, filter_func=lambda e: e.data.get("text") == "Yes?")
+    await peer.ready()
+    sent = 0
 
     async def fired() -> dict[str, Any] | None:
         # emitted until one fires: Home Assistant subscribes in its own time
+        nonlocal sent
+        sent += 1
         await peer.emit(
-            EventType.WAKE_WORD_DETECTED, {"wakewordId": "hey_jarvis", "siteId": "kitchen"}
+            EventType.WAKE_WORD_DETECTED,
+            {"wakewordId": "hey_jarvis", "siteId": "kitchen"},
+            correlation_id=f"wake-{sent}",
         )
         now = ha.state(kitchen)
         return now if now != before[kitchen] else None
 
     now = await eventually(fired, timeout=15, interval=0.2)
-    assert now["attributes"]["event_type"] == "detected"
-    assert now["attributes"]["wakewordId"] == "hey_jarvis"
+    attributes = now["attributes"]
+    assert (attributes["event_type"], attributes["wakewordId"]) == ("detected", "hey_jarvis")
+    assert attributes["sessionId"].startswith("wake-")
     # both entities handle each message of the topic at once: office saw them all
     assert ha.state(office) == before[office]
+    # the shipped wake-word automation answers in the session of the wake word
+    answers = await said.wait(1, timeout=10)
+    assert answers[0].data["siteId"] == "kitchen"
+    assert answers[0].correlation_id and answers[0].correlation_id.startswith("wake-")
 
 
 async def test_tts_start_and_end_flip_the_tts_sensor(ha: HomeAssistant, peer: EventBus) -> None:
@@ -176,16 +197,16 @@ async def test_a_script_makes_a_site_speak(ha: HomeAssistant, peer: EventBus) ->
     """The shipped script (integrations/homeassistant/scripts.yaml) reaches a typed
     handler; its ``sessionId`` is the correlation id."""
     said = Collector("tts")
-    peer.subscribe(EventType.TTS_SAY, said)
+    peer.subscribe(EventType.TTS_SAY, said, filter_func=lambda e: e.data.get("siteId") == "office")
     await peer.ready()
     ha.post(
         "/api/services/script/voicebus_say",
-        {"site": "kitchen", "text": "Dinner is ready", "session_id": "ha-dinner-1"},
+        {"site": "office", "text": "Dinner is ready", "session_id": "ha-dinner-1"},
     )
     (event,) = await said.wait(1, timeout=10)
     assert event.type is EventType.TTS_SAY
     assert event.correlation_id == "ha-dinner-1"
-    assert event.data["text"] == "Dinner is ready" and event.data["siteId"] == "kitchen"
+    assert event.data["text"] == "Dinner is ready" and event.data["siteId"] == "office"
     ha.post("/api/services/script/voicebus_say", {"site": "office", "text": "no id given"})
     events = await said.wait(2, timeout=10)
     assert events[1].correlation_id and events[1].correlation_id.startswith("ha-")
@@ -193,7 +214,7 @@ async def test_a_script_makes_a_site_speak(ha: HomeAssistant, peer: EventBus) ->
 
 async def test_a_script_sends_a_text_command(ha: HomeAssistant, peer: EventBus) -> None:
     heard = Collector("stt")
-    peer.subscribe(EventType.SPEECH_DETECTED, heard)
+    peer.subscribe(EventType.SPEECH_DETECTED, heard, filter_func=lambda e: e.source is None)
     await peer.ready()
     ha.post(
         "/api/services/script/voicebus_command",
