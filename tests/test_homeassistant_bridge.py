@@ -12,9 +12,11 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.broker import Mosquitto
 from tests.helpers import eventually, marker
@@ -257,3 +259,30 @@ def test_the_command_needs_a_broker() -> None:
         timeout=30,
     )
     assert done.returncode == 2 and "needs a broker" in done.stderr
+
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED = ROOT / "integrations" / "homeassistant"
+
+
+def _readme_section() -> str:
+    text = (ROOT / "README.md").read_text()
+    start = text.index("\n## Home Assistant\n")
+    return text[start : text.index("\n## ", start + 1)]
+
+
+def test_the_readme_yaml_is_the_shipped_yaml() -> None:
+    """The real Home Assistant test loads the shipped files; the README shows them."""
+    blocks = re.findall(r"```yaml\n(.*?)```", _readme_section(), re.S)
+    shipped = [
+        yaml.safe_load((SHIPPED / n).read_text()) for n in ("scripts.yaml", "automations.yaml")
+    ]
+    assert [yaml.safe_load(block) for block in blocks] == shipped
+
+
+def test_documented_templates_read_payloads_with_get() -> None:
+    texts = [(ROOT / "README.md").read_text()]
+    texts += [p.read_text() for p in sorted(SHIPPED.glob("*.yaml"))]
+    for text in texts:
+        unsafe = re.findall(r"(?:value_json|payload_json)\.(?!get\()\w+", text)
+        assert not unsafe, unsafe
