@@ -203,6 +203,19 @@ async def test_birth_message_republishes_discovery(fresh_mosquitto: Mosquitto) -
         assert again == set(_configs(seen))
 
 
+async def test_birth_message_restores_states_a_broker_lost(fresh_mosquitto: Mosquitto) -> None:
+    url = fresh_mosquitto.url()
+    topic = "voicebus/site/kitchen/state"
+    async with observing(url, "voicebus/site/+/state") as seen, running_bridge(url, ("kitchen",)):
+        await eventually(lambda: seen.on(topic))
+        assert seen.transport is not None
+        await seen.transport.publish(Message(topic, b"", 1, True))  # as if lost
+        await seen.transport.publish(Message("homeassistant/status", b"online", 1, False))
+        await eventually(lambda: len(seen.on(topic)) == 3)  # the state, the clear, again
+        first, cleared, again = seen.on(topic)
+        assert cleared.payload == b"" and again.payload == first.payload  # the same state
+
+
 async def test_another_prefix(fresh_mosquitto: Mosquitto) -> None:
     url = fresh_mosquitto.url()
     async with observing(url, "ha2/#", "homeassistant/#") as seen:

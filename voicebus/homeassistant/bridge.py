@@ -20,8 +20,9 @@ listens to, ``voicebus/status/<client_id>`` (each service's retained status) and
   an emptied status removes the service's sensor.
 - Discovery is published at start, for each new site and service, and again
   whenever Home Assistant's birth message (``online``) arrives, as HA asks of a
-  discovery publisher. It is not retained: nothing stays behind on the broker
-  when the bridge is uninstalled; Home Assistant keeps the entities it saw.
+  discovery publisher (the site states too: a broker restart may have lost them).
+  It is not retained: nothing stays behind on the broker when the bridge is
+  uninstalled; Home Assistant keeps the entities it saw.
 """
 
 from __future__ import annotations
@@ -194,9 +195,13 @@ class HomeAssistantBridge:
                 await self._publish_config(*service_config(client_id, self.prefix))
 
     async def _on_birth(self, event: Event) -> None:
+        """Home Assistant (re)started, or reconnected after a broker restart that may
+        have lost the retained states: discovery again, then every state as it is."""
         if event.data.get("payload") == ONLINE:
             log.info("Home Assistant is online: publishing discovery again")
             await self.publish_discovery()
+            for state in list(self.states.sites.values()):
+                await self._publish_state(state)
 
 
 async def serve(
