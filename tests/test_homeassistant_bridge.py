@@ -20,8 +20,14 @@ import yaml
 
 from tests.broker import Mosquitto
 from tests.helpers import eventually, marker
-from voicebus import BusConfig, ConfigError, EventBus, EventType, Message
-from voicebus.homeassistant import HomeAssistantBridge, bridge_routes, slug
+from voicebus import BusConfig, ConfigError, Event, EventBus, EventType, Message
+from voicebus.homeassistant import (
+    HomeAssistantBridge,
+    SiteState,
+    SiteStates,
+    bridge_routes,
+    slug,
+)
 from voicebus.transport import Transport, open_transport, parse_url
 from voicebus.wire.routes import ROUTES
 from voicebus.wire.status import status_topic
@@ -299,3 +305,28 @@ def test_documented_templates_read_payloads_with_get() -> None:
     for text in texts:
         unsafe = re.findall(r"(?:value_json|payload_json)\.(?!get\()\w+", text)
         assert not unsafe, unsafe
+
+
+def test_a_retained_state_is_read_back_tolerantly() -> None:
+    good = SiteState(
+        "kitchen", "hey", "lights on", "Done.", "speaking", "s-1", "2026-11-30T00:00:00"
+    )
+    assert SiteState.from_payload("kitchen", good.payload()) == good
+    for odd in (b"", b"not json", b"[1, 2]", b'{"transcript": 5, "tts": "singing"}'):
+        assert SiteState.from_payload("kitchen", odd) == SiteState("kitchen")
+
+
+def test_events_without_a_site_go_to_the_site_of_their_utterance() -> None:
+    states = SiteStates(sessions=1)
+    kitchen = Event(EventType.SPEECH_DETECTED, {"text": "hi", "siteId": "kitchen"})
+    kitchen.correlation_id = "a"
+    states.apply(kitchen)
+    response = Event(EventType.RESPONSE_GENERATED, {"response": "ok", "siteId": "default"})
+    response.correlation_id = "a"
+    assert states.apply(response) is states.sites["kitchen"]
+    office = Event(EventType.SPEECH_DETECTED, {"text": "yo", "siteId": "office"})
+    office.correlation_id = "b"  # remembers one utterance only: "a" is forgotten
+    states.apply(office)
+    assert states.apply(response) is states.sites["default"]
+    bad = Event(EventType.SPEECH_DETECTED, {"text": "x", "siteId": "a/b"})  # no topic level
+    assert states.apply(bad) is None and "a/b" not in states.sites
