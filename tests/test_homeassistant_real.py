@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import pytest
 from tests.broker import Mosquitto
 from tests.helpers import Collector, eventually
 from tests.homeassistant import HomeAssistant, ha_problem
+from tests.test_cli import Background
 from voicebus import EventBus, EventType
 
 SITES = ("kitchen", "office")
@@ -39,26 +39,27 @@ def _entities(site: str) -> dict[str, str]:
 
 
 class Bridge:
-    """``voicebus homeassistant`` as a process."""
+    """``voicebus homeassistant`` as a process (the real command)."""
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.proc: subprocess.Popen[str] | None = None
+        self.running: Background | None = None
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        return None if self.running is None else self.running.proc
 
     def start(self) -> None:
-        args = [sys.executable, "-m", "voicebus", "homeassistant", "--url", self.url]
-        for site in SITES:
-            args += ["--site", site]
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()  # the bridge says when it serves
-        assert "homeassistant bridge ready" in line, line
+        args = ["homeassistant"] + [word for site in SITES for word in ("--site", site)]
+        self.running = Background.voicebus(*args, url=self.url)
+        self.running.wait_for("homeassistant bridge ready")  # with a deadline
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
-        proc, self.proc = self.proc, None
-        assert proc is not None
-        proc.send_signal(sig)
-        return proc.wait(10)
+        running, self.running = self.running, None
+        assert running is not None
+        code, _, err = running.finish(sig)
+        assert "Traceback" not in err, err
+        return code
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +86,7 @@ def bridge(ha: HomeAssistant, broker: Mosquitto) -> Iterator[Bridge]:
     running = Bridge(broker.url())
     running.start()
     yield running
-    if running.proc is not None:
+    if running.running is not None:
         running.stop()
 
 
