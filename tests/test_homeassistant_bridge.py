@@ -20,7 +20,7 @@ import yaml
 
 from tests.broker import Mosquitto
 from tests.helpers import eventually, marker
-from voicebus import BusConfig, ConfigError, Event, EventBus, EventType, Message
+from voicebus import BusConfig, BusStateError, ConfigError, Event, EventBus, EventType, Message
 from voicebus.homeassistant import (
     HomeAssistantBridge,
     SiteState,
@@ -270,14 +270,32 @@ def test_site_ids_that_need_a_slug() -> None:
     assert slug("Küche") != slug("K_che") and slug("Küche").startswith("K_che_")
 
 
-def test_the_command_needs_a_broker() -> None:
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["--url", "memory://"], "needs a broker"),
+        (["--url", "mqtt://127.0.0.1:1", "--site", "a/b"], "--site 'a/b'"),
+    ],
+)
+def test_the_command_refuses_bad_input_before_connecting(args: list[str], error: str) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "voicebus", "homeassistant", "--url", "memory://"],
+        [sys.executable, "-m", "voicebus", "homeassistant", *args],
         capture_output=True,
         text=True,
         timeout=30,
     )
-    assert done.returncode == 2 and "needs a broker" in done.stderr
+    assert done.returncode == 2 and error in done.stderr, done.stderr
+
+
+async def test_close_stops_bridging(fresh_mosquitto: Mosquitto) -> None:
+    url = fresh_mosquitto.url()
+    async with running_bridge(url) as bridge, EventBus(url, client_id="stt") as bus:
+        with pytest.raises(BusStateError):
+            await bridge.start()
+        bridge.close()
+        await bus.emit(EventType.SPEECH_DETECTED, {"text": "hi", "siteId": "attic"})
+        await marker(bus, bridge.bus)
+        assert "attic" not in bridge.states.sites
 
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from ..homeassistant import CLIENT_ID, DEFAULT_PREFIX, HomeAssistantBridge, serve
+from ..homeassistant.state import valid_site
 from ..service import run as run_service
 from ..transport import resolve_url
 from . import output as out
@@ -44,6 +45,9 @@ def homeassistant(
             raise out.CliError(
                 "Home Assistant needs a broker: --url mqtt://HOST:1883 or set VOICEBUS_URL"
             )
+        for site in sites or ():
+            if not valid_site(site):
+                raise out.CliError(f"--site {site!r}: a siteId names one topic level")
 
     def ready(bridge: HomeAssistantBridge) -> None:
         names = ", ".join(sorted(bridge.states.sites)) or "none yet"

@@ -34,8 +34,9 @@ from collections.abc import Callable, Iterable
 from enum import Enum
 
 from ..bus import EventBus
-from ..errors import ConfigError
+from ..errors import BusStateError, ConfigError
 from ..ops.retained import read_retained
+from ..receive.subscriptions import Subscription
 from ..transport import Message
 from ..wire.binary import JSON, OCTETS
 from ..wire.events import Event
@@ -128,10 +129,13 @@ class HomeAssistantBridge:
                 raise ConfigError(f"site {site!r} cannot name a topic level")
         self._announced: set[str] = set()
         self._lock = asyncio.Lock()
+        self._subscriptions: list[Subscription] = []
 
     async def start(self, timeout: float = 5.0) -> None:
         """Read the retained site states, subscribe, announce; then serve (the bus's
         handlers do the rest)."""
+        if self._subscriptions:
+            raise BusStateError("the bridge is already started")
         found = await read_retained(self.bus, STATE_TOPIC.filter, timeout=timeout)
         for topic, raw in found.items():
             params = STATE_TOPIC.parse(topic)
@@ -142,12 +146,18 @@ class HomeAssistantBridge:
             state, new = self.states.add(site)
             if new:
                 await self._publish_state(state)
-        for event_type in TRACKED:
-            self.bus.subscribe(event_type, self._on_event)
-        self.bus.subscribe(BridgeTopic.SERVICE_STATUS, self._on_status)
-        self.bus.subscribe(BridgeTopic.HA_STATUS, self._on_birth)
+        subscribe = self.bus.subscribe
+        self._subscriptions = [subscribe(event_type, self._on_event) for event_type in TRACKED]
+        self._subscriptions.append(subscribe(BridgeTopic.SERVICE_STATUS, self._on_status))
+        self._subscriptions.append(subscribe(BridgeTopic.HA_STATUS, self._on_birth))
         await self.bus.ready()
         await self.publish_discovery()
+
+    def close(self) -> None:
+        """Stop bridging (unsubscribe); the retained states stay on the broker."""
+        for subscription in self._subscriptions:
+            self.bus.unsubscribe(subscription)
+        self._subscriptions = []
 
     async def publish_discovery(self) -> None:
         """Publish every discovery config (every site, every service)."""
