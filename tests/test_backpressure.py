@@ -101,7 +101,7 @@ async def test_a_handler_blocked_for_4_keepalives_keeps_the_link_and_gets_all_20
     try:
         async with bus, EventBus(url) as pub:
             await bus.ready()
-            transport = bus._transport  # an internal: how much the transport holds back
+            transport = bus.transport  # an internal: how much the transport holds back
             assert isinstance(transport, MqttTransport)
             receive_maximum = transport.options.receive_maximum
             await _until(lambda: statuses == [ONLINE], 5)

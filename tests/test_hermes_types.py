@@ -14,7 +14,7 @@ import pytest
 from tests.broker import Mosquitto
 from tests.helpers import Collector, eventually
 from voicebus import EventBus, EventType, PayloadValidationError, hermes_models
-from voicebus.wire.routes import topic_for
+from voicebus.wire.codec import topic_for
 
 E = EventType
 LIGHT_ON = {

@@ -368,7 +368,7 @@ def test_hermes_classes_accept_the_audio_topics() -> None:
     play = r"^hermes/audioServer/([^/]+)/playBytes/([^/]+)$"
     assert ROUTES.get(E.AUDIO_FRAME).hermes == "AudioFrame"
     assert ROUTES.get(E.PLAY_BYTES).hermes == "AudioPlayBytes"
-    from voicebus.wire.routes import topic_for
+    from voicebus.wire.codec import topic_for
 
     topic = topic_for(E.AUDIO_FRAME, {"siteId": "kitchen", "wav": wav()})
     assert re.match(frame, topic) and topic == "hermes/audioServer/kitchen/audioFrame"

@@ -332,7 +332,7 @@ class LinkWatch:
         await asyncio.wait_for(poll(), 5)
 
     def assert_kept(self, bus: EventBus) -> None:
-        transport = bus._transport
+        transport = bus.transport
         assert isinstance(transport, MqttTransport)
         assert self.lost == []
         assert transport.reconnects == 0
@@ -361,7 +361,7 @@ async def watched(
 
 def _spy_publishes(bus: EventBus) -> list[str]:
     """Record the topic of everything the bus hands to its transport."""
-    transport = bus._transport
+    transport = bus.transport
     assert transport is not None
     sent: list[str] = []
     original = transport.publish

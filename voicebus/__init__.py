@@ -42,9 +42,10 @@ from .service import run
 from .singleton import emit_event, subscribe_to_events
 from .transport import Message
 from .wire import hermes_models, models
+from .wire.codec import topic_for
 from .wire.events import Event, EventType
 from .wire.models import Payload
-from .wire.routes import ROUTES, Route, RouteTable, register_route, topic_for
+from .wire.routes import ROUTES, Route, RouteTable, register_route
 
 try:
     __version__ = version("voicebus")

@@ -4,35 +4,31 @@ Data flows one way: ``emit -> validate -> encode -> transport`` on the sending
 side; ``transport -> decode -> wait_for futures -> dispatch (pre middleware ->
 handlers by priority -> post middleware) -> history/stats`` on the receiving side.
 The pieces live in their rooms: `wire` (events, models, routes, codec),
-`transport`, `receive` (broker sync, waiters, dispatch, monitor), `deadletters`;
-every setting is in `config`.
+`transport`, `connection` (start, publish, drain, stop), `receive` (broker sync,
+waiters, dispatch, monitor), `deadletters`; every setting is in `config`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 import uuid
-import weakref
 from collections.abc import Awaitable, Coroutine, Mapping
-from dataclasses import replace
 from enum import Enum
-from typing import Any
+from typing import Any, ClassVar
 
 from typing_extensions import Unpack
 
-from .config import CONFIG_FIELDS, BusConfig, BusSettings, check_applies, mqtt_protocol
+from .config import BusConfig, BusSettings, mqtt_protocol, positive_seconds, resolve_config
+from .connection import Connection
 from .deadletters import FailureReporter
-from .errors import BusStateError, ConfigError, VoicebusError
+from .errors import ConfigError, VoicebusError
 from .receive.dispatch import HANDLING, Middleware
 from .receive.monitor import Monitor
 from .receive.side import ReceiveSide, Target
 
 __all__ = ["EventBus", "Target"]
 from .receive.subscriptions import EventFilter, Handler, Subscription
-from .receive.waiters import Waiter
-from .transport import BusURL, Message, Transport, open_transport, parse_url, resolve_url
+from .transport import BusURL, Message, Transport, parse_url, resolve_url
 from .wire.codec import check_message, encode
 from .wire.events import Event, EventType, event_type_named
 from .wire.ids import RandomIds
@@ -40,12 +36,6 @@ from .wire.models import Payload
 from .wire.routes import ROUTES, RouteTable
 
 log = logging.getLogger("voicebus")
-
-
-def _positive(name: str, seconds: float | None) -> float | None:
-    if seconds is not None and not seconds > 0:
-        raise ValueError(f"{name} must be a number of seconds > 0 (or None), got {seconds!r}")
-    return seconds
 
 
 class EventBus:
@@ -61,6 +51,9 @@ class EventBus:
             MQTT-only settings on a ``memory://`` bus raise `ConfigError`.
     """
 
+    _shared: ClassVar[EventBus | None] = None
+    """The process-wide bus of `get_instance` (see `voicebus.singleton`)."""
+
     def __init__(
         self,
         url: str | None = None,
@@ -70,13 +63,8 @@ class EventBus:
         config: BusConfig | None = None,
         **settings: Unpack[BusSettings],
     ) -> None:
-        unknown = set(settings) - CONFIG_FIELDS
-        if unknown:
-            raise ConfigError(f"unknown EventBus option(s): {', '.join(sorted(unknown))}")
-        given: dict[str, Any] = {k: v for k, v in settings.items() if v is not None}
-        self.config = replace(config or BusConfig(), **given)  # None: the default
         self._url = parse_url(resolve_url(url))
-        check_applies(self.config, self._url.scheme)
+        self.config = resolve_config(config, settings, self._url.scheme)
         self._mqtt311 = (
             self._url.scheme != "memory" and mqtt_protocol(self.config, self._url.query) == "3.1.1"
         )
@@ -100,7 +88,7 @@ class EventBus:
             self.client_id,
             self.url,
             self.config.max_payload_size,
-            publish=self._publish_quietly,
+            publish=lambda message: self._link.publish_quietly(message),
             emit_error=self._emit_error,
             retained_max=self.config.dead_letter_retained_max,
             rate=self.config.dead_letter_rate,
@@ -116,24 +104,30 @@ class EventBus:
             handler_failed=self._failures.handler_failed,
             inbound_failed=self._failures.inbound_failure,
         )
-        self._transport: Transport | None = None
-        self._running = False
-        self._stopping = False
-        self._start_lock: asyncio.Lock | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._link = Connection(
+            self._url, self.client_id, self.config, self._side, self._failures, self.monitor
+        )
 
     # --- lifecycle -------------------------------------------------------------------
 
     @classmethod
     async def get_instance(cls) -> EventBus:
         """The process-wide bus (created on first call from ``$VOICEBUS_URL``, not started)."""
-        from .singleton import get_bus
+        return cls.shared()
 
-        return get_bus()
+    @staticmethod
+    def shared() -> EventBus:
+        """`get_instance` without ``await``. A bus whose event loop has closed is
+        replaced, so nothing stale crosses ``asyncio.run`` calls."""
+        bus = EventBus._shared
+        loop = bus._link.loop if bus is not None else None  # noqa: SLF001 (same class)
+        if bus is None or (loop is not None and loop.is_closed()):
+            bus = EventBus._shared = EventBus()
+        return bus
 
     @property
     def is_running(self) -> bool:
-        return self._running
+        return self._link.running
 
     @property
     def redacted_url(self) -> str:
@@ -150,7 +144,7 @@ class EventBus:
         """The open connection (``None`` while stopped); on MQTT an `MqttTransport`,
         whose ``connected``, ``reconnects``, ``session_present`` and ``outbox_size``
         tell how the link is doing."""
-        return self._transport
+        return self._link.transport
 
     @property
     def routes(self) -> RouteTable:
@@ -168,66 +162,13 @@ class EventBus:
 
     async def start(self) -> None:
         """Connect and start dispatching (idempotent)."""
-        if self._running:
-            return
-        if self._start_lock is None:
-            self._start_lock = asyncio.Lock()
-        async with self._start_lock:
-            if self._running:
-                return
-            transport = open_transport(self._url, client_id=self.client_id, settings=self.config)
-            self._side.inbound.acker = transport  # messages may come while it connects
-            # With a persistent session, acknowledge a QoS 1 message only after its
-            # handlers ran, so a crash in between gets it redelivered. Without one the
-            # broker forgets unacknowledged messages anyway, and acknowledging at once
-            # keeps the broker's in-flight window (our Receive Maximum: see config.py)
-            # from stalling a handler that awaits a reply behind a full queue.
-            defer = bool(self.config.session_expiry)
-            await transport.connect(self._side.inbound.on_message, defer_acks=defer)
-            if hasattr(transport, "on_publish_failed"):
-                transport.on_publish_failed = self._failures.publish_failed
-            self._transport = transport
-            self._loop = asyncio.get_running_loop()
-            self._side.dispatcher.start(transport)
-            self._side.filters.transport = transport
-            try:
-                await self._side.filters.subscribe_all()
-            except BaseException:
-                await self._shutdown()
-                raise
-            self._running = True
-            log.debug("bus %s started on %s", self.client_id, transport.url)
+        await self._link.start()
 
     async def stop(self, drain_timeout: float = 5.0) -> None:
         """Dispatch what was received, then disconnect. A stopped singleton is discarded."""
-        from .singleton import forget
-
-        forget(self)
-        if not self._running or self._stopping:
-            return
-        # Still running while draining: handlers may emit (and a late emit must not
-        # start a second transport); then stopped.
-        self._stopping = True
-        try:
-            deadline = time.monotonic() + drain_timeout
-            while (
-                self._side.dispatcher.busy or self._failures.tasks
-            ) and time.monotonic() < deadline:
-                await asyncio.sleep(0.001)
-            self._running = False
-            await self._shutdown()
-        finally:
-            self._stopping = False
-
-    async def _shutdown(self) -> None:
-        for task in list(self._failures.tasks):
-            task.cancel()
-        await self._side.dispatcher.stop()
-        self._side.filters.reset()
-        transport, self._transport = self._transport, None
-        if transport is not None:
-            self.monitor.expired += getattr(transport, "expired", 0)  # its count goes with it
-            await transport.close()
+        if EventBus._shared is self:
+            EventBus._shared = None
+        await self._link.stop(drain_timeout)
 
     async def __aenter__(self) -> EventBus:
         await self.start()
@@ -282,7 +223,7 @@ class EventBus:
             etype,
             group,
             component or self.component,
-            _positive("timeout", timeout),
+            positive_seconds("timeout", timeout),
         )
         self._side.add(sub)
         return sub
@@ -311,8 +252,7 @@ class EventBus:
     async def ready(self) -> None:
         """Start the bus if needed, then return once the broker has acknowledged every
         (un)subscribe made so far (on ``memory://`` at once)."""
-        if not self._running:
-            await self.start()
+        await self._link.start()
         await self._side.filters.settle()
 
     # --- middleware ------------------------------------------------------------------
@@ -371,7 +311,7 @@ class EventBus:
             correlation_id=correlation_id,
             metadata=metadata,
             parent_id=parent.id if parent is not None else None,
-            ttl=ttl if ttl is None else _positive("ttl", ttl),
+            ttl=ttl if ttl is None else positive_seconds("ttl", ttl),
         )
         self.monitor.emitting(event)  # before it can come back from the broker
         await self.publish_message(message)
@@ -386,14 +326,7 @@ class EventBus:
         """
         if not message.validated:
             check_message(message)
-        if not self._running:
-            await self.start()
-        if self._side.filters.pending:
-            await self._side.filters.settle()
-        transport = self._transport
-        if transport is None:
-            raise BusStateError("the bus was stopped")
-        await transport.publish(message)
+        await self._link.publish(message)
 
     async def cancel(self, correlation_id: str, reason: str = "cancelled") -> Event:
         """Cancel the utterance `correlation_id` on every bus (``voicebus/cancelled``):
@@ -418,17 +351,10 @@ class EventBus:
         cid = correlation_id or f"req-{self._new_id()}"
         waiter = self._side.register_wait(response_type, cid, None)
 
-        async def run() -> Event | None:
-            try:
-                await self.emit(event_type, data, correlation_id=cid)
-            except BaseException:
-                self._side.end_wait(waiter)
-                raise
-            return await self._wait(waiter, timeout)
+        async def emit_request() -> None:
+            await self.emit(event_type, data, correlation_id=cid)
 
-        running = run()
-        weakref.finalize(running, self._side.end_wait, waiter)  # see `wait_for`
-        return running
+        return self._side.wait(waiter, timeout, emit_request)
 
     # --- waiting -----------------------------------------------------------------------
 
@@ -445,36 +371,9 @@ class EventBus:
         removed when the returned coroutine finishes, however it finishes.
         """
         waiter = self._side.register_wait(event_type, correlation_id, filter_func)
-        waiting = self._wait(waiter, timeout)
-        # A coroutine cancelled or dropped before its first step never runs its
-        # `finally`: end the wait when the coroutine object goes away instead.
-        weakref.finalize(waiting, self._side.end_wait, waiter)
-        return waiting
+        return self._side.wait(waiter, timeout, self._link.settled)
 
-    async def _wait(self, waiter: Waiter, timeout: float | None) -> Event | None:
-        try:
-            if not self._running:
-                await self.start()
-            if self._side.filters.pending:
-                await self._side.filters.settle()
-            return await asyncio.wait_for(waiter.future, timeout)
-        except TimeoutError:
-            return None
-        finally:
-            self._side.end_wait(waiter)
-
-    # --- seams for the failure reporter --------------------------------------------------
-
-    async def _publish_quietly(self, message: Message) -> None:
-        """Publish bookkeeping (a dead letter) in the background; failures only logged."""
-        transport = self._transport
-        if transport is None:
-            log.warning("bus stopped: %s kept in memory only", message.topic)
-            return
-        try:
-            await transport.publish(message)
-        except VoicebusError as exc:
-            log.warning("could not publish %s: %s", message.topic, exc)
+    # --- the failure reporter's seam ----------------------------------------------------
 
     async def _emit_error(self, data: dict[str, Any], correlation_id: str | None) -> None:
         try:
@@ -486,21 +385,7 @@ class EventBus:
 
     def get_stats(self) -> dict[str, Any]:
         """Metrics in the seed's shape: ``metrics``, ``handler_stats`` and more."""
-        stats = self.monitor.snapshot()
-        stats["handler_stats"] = [s.as_dict() for s in self._side.dispatcher.handler_stats]
-        stats.update(
-            {
-                "url": self.url,
-                "client_id": self.client_id,
-                "running": self._running,
-                **self._side.stats(),
-                "reconnects": getattr(self._transport, "reconnects", 0),
-            }
-        )
-        metrics = stats["metrics"]
-        metrics.update(self._side.cancels.stats())
-        metrics["expired_messages"] = self.monitor.expired + getattr(self._transport, "expired", 0)
-        return stats
+        return self._link.stats()
 
     def get_event_history(self, event_type: Enum | None = None, limit: int = 100) -> list[Event]:
         """The most recent events (oldest first), optionally of one type."""

@@ -13,8 +13,9 @@ a leaf: plain data, no I/O, imported by the bus and the transports alike.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
-from typing import TypedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, TypedDict
 
 from .errors import ConfigError
 
@@ -168,3 +169,25 @@ def check_applies(config: BusConfig, scheme: str) -> None:
             f"{', '.join(used)} only appl{'ies' if len(used) == 1 else 'y'} to mqtt:// "
             "and mqtts:// buses; this bus is memory://"
         )
+
+
+def resolve_config(
+    config: BusConfig | None, settings: Mapping[str, Any], scheme: str
+) -> BusConfig:
+    """`config` (or the defaults) with the keyword `settings` applied: `ConfigError`
+    for an unknown name or an MQTT-only setting on a ``memory://`` bus; a ``None``
+    value keeps the default."""
+    unknown = set(settings) - CONFIG_FIELDS
+    if unknown:
+        raise ConfigError(f"unknown EventBus option(s): {', '.join(sorted(unknown))}")
+    given = {name: value for name, value in settings.items() if value is not None}
+    resolved = replace(config or BusConfig(), **given)
+    check_applies(resolved, scheme)
+    return resolved
+
+
+def positive_seconds(name: str, seconds: float | None) -> float | None:
+    """`seconds` when it is ``None`` or > 0, else `ValueError` naming `name`."""
+    if seconds is not None and not seconds > 0:
+        raise ValueError(f"{name} must be a number of seconds > 0 (or None), got {seconds!r}")
+    return seconds

@@ -34,14 +34,19 @@ import logging
 import signal
 from collections.abc import Callable, Coroutine, Iterator
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, TypeVar
-
-if TYPE_CHECKING:
-    from .bus import EventBus
+from typing import Any, Protocol, TypeVar
 
 log = logging.getLogger("voicebus")
 
 T = TypeVar("T")
+
+
+class Service(Protocol):
+    """What `run_forever` serves: an `EventBus`, or anything that starts and stops like one."""
+
+    async def ready(self) -> None: ...
+
+    async def stop(self) -> None: ...
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 """The signals that tell a service to stop."""
@@ -110,7 +115,7 @@ async def _supervise(coro: Coroutine[Any, Any, T]) -> T | None:
             raise
 
 
-async def run_forever(bus: EventBus) -> None:
+async def run_forever(bus: Service) -> None:
     """Start `bus` if needed and serve until the process is told to stop (SIGINT or
     SIGTERM), then stop `bus`: its handlers drain and it publishes ``offline``.
 

@@ -8,36 +8,18 @@ from collections.abc import Mapping
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
+from .bus import EventBus
+
 if TYPE_CHECKING:
-    from .bus import EventBus
     from .receive.side import Target
     from .receive.subscriptions import EventFilter, Handler, Subscription
     from .wire.events import Event
     from .wire.models import Payload
 
-_bus: EventBus | None = None
-
-
 def get_bus() -> EventBus:
-    """The singleton bus, made from ``$VOICEBUS_URL`` on first use (not started).
-
-    A bus whose event loop has closed is replaced, so nothing stale crosses
-    ``asyncio.run`` calls.
-    """
-    global _bus
-    from .bus import EventBus
-
-    loop = getattr(_bus, "_loop", None)
-    if _bus is None or (loop is not None and loop.is_closed()):
-        _bus = EventBus()
-    return _bus
-
-
-def forget(bus: EventBus) -> None:
-    """Drop `bus` as the singleton (called by `EventBus.stop`)."""
-    global _bus
-    if _bus is bus:
-        _bus = None
+    """The singleton bus, made from ``$VOICEBUS_URL`` on first use (not started):
+    `EventBus.shared`. A stopped singleton is discarded (`EventBus.stop`)."""
+    return EventBus.shared()
 
 
 async def emit_event(

@@ -10,7 +10,8 @@ connection.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import weakref
+from collections.abc import Awaitable, Callable, Coroutine
 from enum import Enum
 from typing import Any
 
@@ -106,6 +107,32 @@ class ReceiveSide:
             self.filters.linger(waiter.topic_filter)
         except RuntimeError:  # finalized with no event loop running: nothing to send
             pass
+
+    def wait(
+        self, waiter: Waiter, timeout: float | None, first: Callable[[], Awaitable[None]]
+    ) -> Coroutine[Any, Any, Event | None]:
+        """A coroutine that runs `first` (start, settle, or emit the request), then
+        returns `waiter`'s event, or ``None`` after `timeout` seconds.
+
+        The wait ends when the coroutine finishes, however it finishes, and also
+        when it is dropped or cancelled before its first step (which would never
+        run its ``finally``).
+        """
+        waiting = self._wait(waiter, timeout, first)
+        weakref.finalize(waiting, self.end_wait, waiter)
+        return waiting
+
+    async def _wait(
+        self, waiter: Waiter, timeout: float | None, first: Callable[[], Awaitable[None]]
+    ) -> Event | None:
+        try:
+            await first()  # what it raises goes to the caller as it is
+            try:
+                return await asyncio.wait_for(waiter.future, timeout)
+            except TimeoutError:
+                return None
+        finally:
+            self.end_wait(waiter)
 
     def stats(self) -> dict[str, Any]:
         """The receive side's part of `EventBus.get_stats`."""

@@ -10,41 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextvars import ContextVar
-from dataclasses import dataclass
 from typing import Protocol
+
+from ..wire.message import Message as Message  # re-exported: what transports carry
 
 CONSUMER: ContextVar[object | None] = ContextVar("voicebus_consumer", default=None)
 """Set by a bus's dispatcher to its transport, so an in-process transport never
 makes a dispatcher wait on its own paused queue."""
-
-
-@dataclass(slots=True)
-class Message:
-    """One MQTT application message as both transports carry it."""
-
-    topic: str
-    payload: bytes
-    qos: int = 1
-    retain: bool = False
-    correlation_data: bytes | None = None
-    user_properties: tuple[tuple[str, str], ...] = ()
-    content_type: str | None = None
-    subscription_ids: tuple[int, ...] = ()
-    validated: bool = False
-    """Set by `codec.encode` and kept only in-process (never on the wire): the
-    payload already passed its model's validation in this process."""
-    ack: object | None = None
-    """In-process only: for a received QoS 1 message whose receiver asked to
-    acknowledge it itself (``connect(..., defer_acks=True)``), the token to pass to
-    `Transport.ack` once done with it."""
-    expires: float | None = None
-    """When the message goes stale (``time.monotonic()``), None: never. On the wire
-    as the MQTT 5 Message Expiry Interval (the seconds left when it is sent); a
-    stale message is dropped, not sent or delivered (outbox, ``memory://``)."""
-
-    def expired(self, now: float) -> bool:
-        """Past its expiry at monotonic time `now`."""
-        return self.expires is not None and self.expires <= now
 
 
 MessageCallback = Callable[[Message], None]

@@ -40,13 +40,13 @@ import pydantic
 from pydantic_core import PydanticSerializationError, from_json, to_json
 
 from ..errors import DecodeError, PayloadValidationError
-from ..transport.base import Message
 from .binary import JSON, WAV, wav_problem
 from .correlation import correlation_bytes as correlation_bytes  # re-exported: the
 from .correlation import correlation_text as correlation_text  # codec's public pair
 from .events import Event
+from .message import Message
 from .models import Payload
-from .routes import Route, RouteTable
+from .routes import ROUTES, Route, RouteTable
 from .strings import MAX_STRING_BYTES, mqtt_string_problem, nested_string_problem, shown
 from .topics import check_topic
 
@@ -85,6 +85,16 @@ def validate_payload(route: Route, data: Mapping[str, Any] | Payload) -> dict[st
     except pydantic.ValidationError as exc:
         raise _payload_error(route.event_type, exc) from None
     return _dump(obj)
+
+
+def topic_for(event_type: Enum, data: Mapping[str, Any] | Payload | None = None) -> str:
+    """The concrete topic `event_type` is published on for payload `data`.
+
+    Parameters are filled from `data` after validation (so defaults apply:
+    ``topic_for(EventType.WAKE_WORD_DETECTED)`` is ``hermes/hotword/default/detected``).
+    """
+    route = ROUTES.get(event_type)
+    return route.topic(validate_payload(route, data or {}))
 
 
 def _dump(obj: Payload) -> dict[str, Any]:

@@ -406,14 +406,3 @@ def register_route(
     )
     return ROUTES.register(route, replace=replace)
 
-
-def topic_for(event_type: Enum, data: Mapping[str, Any] | m.Payload | None = None) -> str:
-    """The concrete topic `event_type` is published on for payload `data`.
-
-    Parameters are filled from `data` after validation (so defaults apply:
-    ``topic_for(EventType.WAKE_WORD_DETECTED)`` is ``hermes/hotword/default/detected``).
-    """
-    from .codec import validate_payload
-
-    route = ROUTES.get(event_type)
-    return route.topic(validate_payload(route, data or {}))
