@@ -37,9 +37,9 @@ from ..bus import EventBus
 from ..errors import BusStateError, ConfigError
 from ..ops.retained import read_retained
 from ..receive.subscriptions import Subscription
-from ..transport import Message
 from ..wire.binary import JSON, OCTETS
 from ..wire.events import Event
+from ..wire.message import Message
 from ..wire.models import BinaryPayload
 from ..wire.routes import ROUTES, Route, RouteTable
 from ..wire.status import ONLINE, STATUS_PREFIX
