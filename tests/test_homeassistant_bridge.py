@@ -4,6 +4,7 @@ Assistant; tests/test_homeassistant_real.py has the real one)."""
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import subprocess
@@ -348,3 +349,19 @@ def test_events_without_a_site_go_to_the_site_of_their_utterance() -> None:
     assert states.apply(response) is states.sites["default"]
     bad = Event(EventType.SPEECH_DETECTED, {"text": "x", "siteId": "a/b"})  # no topic level
     assert states.apply(bad) is None and "a/b" not in states.sites
+
+
+def test_the_bridge_uses_the_public_bus_api_only() -> None:
+    """No transport, no CLI, no private attribute of another object (``bus._x``)."""
+    from tests.test_architecture import PACKAGE, _imports, _in, _modules
+
+    package = [m for m in _modules() if _in(m, "voicebus.homeassistant")]
+    assert package
+    for module in package:
+        wrong = {i for i in _imports(module) if _in(i, "voicebus.transport", "voicebus.cli")}
+        assert not wrong, (module, wrong)
+    for path in sorted((PACKAGE / "homeassistant").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr.startswith("_"):
+                own = isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")
+                assert own or node.attr.startswith("__"), f"{path.name}:{node.lineno} {node.attr}"
