@@ -1,8 +1,9 @@
 """Shared fixtures: a Mosquitto the tests start, and bus URLs for both transports.
 
 Before any test runs, `pytest_collection_finish` checks the programs the
-selected tests need (mosquitto, its clients, node and the contract parser) and
-stops the run with one line naming what to install when one is missing.
+selected tests need (mosquitto, its clients, node, the contract parser, node-red)
+and stops the run with one line naming what to install when one is missing (also
+on CI: a missing program is never a skip).
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ from voicebus import EventBus
 ROOT = Path(__file__).resolve().parent.parent
 CONTRACT_PARSER_TEST = "test_contract.py::test_asyncapi_parser_accepts_the_document"
 """The one test that runs node with @asyncapi/parser (``npm ci``)."""
+NODE_MODULES = ROOT / "node_modules"
+"""Where ``npm ci`` installs the node packages the tests run."""
+NODE_RED_TESTS = "test_node_red.py::"
+"""The tests that run the shipped flows in a real Node-RED (``npm ci``)."""
 _BROKER_FIXTURES = {"mosquitto", "fresh_mosquitto"}
 
 
@@ -54,14 +59,21 @@ def missing_prerequisites(items: list[pytest.Item]) -> str | None:
             missing.append("mosquitto_pub/mosquitto_sub")
         if missing:
             apt.append("mosquitto-clients")
+    node_packages = []
     if any(item.nodeid.endswith(CONTRACT_PARSER_TEST) for item in items):
+        node_packages.append("@asyncapi/parser")
+    if any(NODE_RED_TESTS in item.nodeid for item in items):
+        node_packages.append("node-red")
+    if node_packages:
         if shutil.which("node") is None:
             missing.append("node")
             apt += ["nodejs", "npm"]
             npm = True
-        elif not (ROOT / "node_modules" / "@asyncapi" / "parser").is_dir():
-            missing.append("@asyncapi/parser (node_modules)")
-            npm = True
+        else:
+            absent = [p for p in node_packages if not (NODE_MODULES / p).is_dir()]
+            if absent:
+                missing.append(f"{', '.join(absent)} (node_modules)")
+                npm = True
     if not missing:
         return None
     steps = [f"sudo apt-get install {' '.join(apt)}"] if apt else []

@@ -169,7 +169,7 @@ def test_listen_count_ends_over_messages_whose_time_is_nan(
     assert len(lines) == 3 and all(f"{marker}-{n}" in lines[n] for n in range(3)), out
     if as_json:
         records = [json.loads(line) for line in lines]
-        assert all(isinstance(r["time"], float) and r["time"] > 0 for r in records)
+        assert all(isinstance(r["timestamp"], float) and r["timestamp"] > 0 for r in records)
 
 
 def test_parent_id_travels_as_the_parent_user_property() -> None:

@@ -25,6 +25,16 @@ tests.broker.MOSQUITTO = {missing!r}
 """
 
 
+# The same for node_modules (`npm ci` not run): tests/conftest.py looks there.
+NO_NODE_MODULES_PLUGIN = """
+import pathlib
+
+import tests.conftest
+
+tests.conftest.NODE_MODULES = pathlib.Path({missing!r})
+"""
+
+
 def bin_dir_with(tmp_path: Path, *programs: str) -> Path:
     """A directory to be the whole PATH, holding only `programs` (those installed here)."""
     bin_dir = tmp_path / "bin"
@@ -37,11 +47,15 @@ def bin_dir_with(tmp_path: Path, *programs: str) -> Path:
 
 
 def pytest_without(
-    tmp_path: Path, path: Path, *args: str, plugin: str | None = None
+    tmp_path: Path,
+    path: Path,
+    *args: str,
+    plugin: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """The README's test command (on a few tests) with `path` as the whole PATH."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VOICEBUS_URL")}
-    env["PATH"] = str(path)
+    environ = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VOICEBUS_URL")}
+    env = {**environ, **(env or {}), "PATH": str(path)}
     extra: list[str] = []
     if plugin is not None:
         (tmp_path / "no_sbin_mosquitto.py").write_text(plugin)
@@ -88,6 +102,16 @@ def test_without_node_the_contract_test_names_node_and_npm_ci(tmp_path: Path) ->
     result = pytest_without(tmp_path, path, f"tests/{CONTRACT_PARSER_TEST}")
     assert_one_line_naming(result, "sudo apt-get install nodejs npm && npm ci`")
     assert "node not found" in result.stdout + result.stderr
+
+
+def test_without_node_red_its_tests_name_npm_ci(tmp_path: Path) -> None:
+    """Not a skip (on CI too): the Node-RED tests stop the run, naming ``npm ci``."""
+    path = bin_dir_with(tmp_path, "mosquitto", "mosquitto_pub", "mosquitto_sub", "node")
+    plugin = NO_NODE_MODULES_PLUGIN.format(missing=str(tmp_path / "node_modules"))
+    env_ci = {"CI": "true"}
+    result = pytest_without(tmp_path, path, "tests/test_node_red.py", plugin=plugin, env=env_ci)
+    assert_one_line_naming(result, "npm ci`")
+    assert "node-red (node_modules) not found" in result.stdout + result.stderr
 
 
 def test_a_deselected_contract_test_needs_no_node(tmp_path: Path) -> None:

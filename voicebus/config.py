@@ -63,8 +63,10 @@ class MqttSettings:
     resend_window: float = 0.0
     """Seconds: QoS 1 messages acknowledged this recently before a loss are sent
     again after the reconnect (0 = off; see mosquitto/README.md)."""
-    status: bool = True
-    """Publish the retained ``voicebus/status/<clientId>`` online/offline and Last Will."""
+    status: bool | None = None
+    """Publish the retained ``voicebus/status/<clientId>`` online/offline and Last Will.
+    None: only with a client id of your own (a generated one is new every run);
+    True: also with a generated one, whose status is cleared at stop and by its Will."""
     max_unacked: int = 10
     """With a persistent session, received QoS 1 messages whose PUBACK waits for
     their handlers. The client's Receive Maximum is twice this: the broker's window
@@ -126,7 +128,7 @@ class BusSettings(TypedDict, total=False):
     reconnect_jitter: float
     outbox_size: int
     resend_window: float
-    status: bool
+    status: bool | None
     max_unacked: int
     protocol: str
     max_queue_size: int

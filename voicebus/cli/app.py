@@ -9,13 +9,14 @@ Errors are one line on stderr and a non-zero exit code (see `cli_output`).
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
 from .. import __version__
 from ..errors import DemoError
-from ..ops.status import get_statuses
+from ..ops.status import get_statuses, prune_offline
 from ..transport import Message, parse_url, resolve_url
 from ..wire.codec import encode
 from ..wire.events import Event
@@ -45,7 +46,23 @@ from .support import (
 )
 from .timeline import register as register_timeline
 
+VERBOSE = ("-v", "--verbose")
+
+
+class _VerboseAnywhere(TyperGroup):
+    """``-v`` / ``--verbose`` after the subcommand too (``voicebus listen -v``): it is
+    moved to the front, where the top-level option is (up to a ``--``)."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:  # click's Context
+        end = args.index("--") if "--" in args else len(args)
+        head = args[:end]
+        flags = [a for a in head if a in VERBOSE]
+        rest = [a for a in head if a not in VERBOSE]
+        return super().parse_args(ctx, [*flags, *rest, *args[end:]])
+
+
 app = typer.Typer(
+    cls=_VerboseAnywhere,
     help="voicebus: the voice-assistant event bus over MQTT (or in-process memory://).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -144,10 +161,18 @@ def listen(
     count: Annotated[
         int, typer.Option("--count", "-n", help="Exit after N events (0: until Ctrl-C).")
     ] = 0,
+    retained: Annotated[
+        bool,
+        typer.Option(
+            "--retained",
+            help="Also show the retained messages (statuses, dead letters) the broker "
+            "sends when listen subscribes.",
+        ),
+    ] = False,
     url: Url = None,
     as_json: AsJson = False,
 ) -> None:
-    """Live tail of the bus, one line per event, until Ctrl-C."""
+    """Live tail of the bus, one line (--json: one JSON object) per event, until Ctrl-C."""
     bus_url = resolve_url(url)
     with out.reported_errors():
         filters = list(dict.fromkeys(topic_filter(p) for p in patterns or ["#"]))
@@ -160,8 +185,8 @@ def listen(
 
         def on_message(message: Message) -> None:
             nonlocal seen
-            if stop.is_set():
-                return
+            if stop.is_set() or (message.retain and not retained):
+                return  # retain set: sent for subscribing, not published now
             try:
                 record = decoder(message)
             except Exception as exc:  # shown raw: a message is never skipped in silence
@@ -219,9 +244,10 @@ def wait(
         memory = check_url(bus_url)
 
     async def body() -> Event | None:
-        bus = cli_bus(bus_url)
         limit = timeout if timeout > 0 else None
-        waiting = bus.wait_for(target, timeout=limit, correlation_id=correlation_id)
+        deadline = asyncio.get_running_loop().time() + (limit or 0)
+        bus = cli_bus(bus_url, connect_timeout=limit)  # --timeout covers connecting too
+        waiting = bus.wait_for(target, correlation_id=correlation_id)
         try:
             await bus.start()  # acknowledges the subscription wait_for registered
         except BaseException:
@@ -232,7 +258,12 @@ def wait(
             out.note(f"waiting for {event_type}{cid} on {bus.get_stats()['url']} ({target})")
             if memory:
                 out.note(MEMORY_NOTE)
-            return await waiting
+            if limit is None:
+                return await waiting
+            async with asyncio.timeout_at(deadline):
+                return await waiting
+        except TimeoutError:
+            return None
         finally:
             await bus.stop(drain_timeout=0.5)
 
@@ -271,6 +302,9 @@ def status(
     timeout: Annotated[
         float, typer.Option("--timeout", "-t", help="Seconds the broker may take to answer.")
     ] = 5.0,
+    prune: Annotated[
+        bool, typer.Option("--prune", help="Clear the offline statuses (services gone for good).")
+    ] = False,
     url: Url = None,
     as_json: AsJson = False,
 ) -> None:
@@ -281,6 +315,9 @@ def status(
     bus = cli_bus(bus_url)
 
     async def body() -> dict[str, str]:
+        if prune:
+            gone = await prune_offline(bus, timeout)
+            out.note(f"cleared {len(gone)} offline status(es): {', '.join(gone) or '-'}")
         return await get_statuses(bus, timeout)
 
     found: dict[str, str] = run(body)

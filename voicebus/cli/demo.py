@@ -31,9 +31,10 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Unpack
 
 from ..bus import EventBus
+from ..config import BusSettings
 from ..errors import DemoError
 from ..wire.events import Event, EventType
 from .support import no_status
@@ -170,12 +171,15 @@ class Utterance:
 class Service:
     """A pipeline stage on a bus of its own; handlers only see this run's utterances."""
 
-    def __init__(self, name: str, url: str, run_id: str, engines: Engines) -> None:
+    def __init__(
+        self, name: str, url: str, run_id: str, engines: Engines, **settings: Unpack[BusSettings]
+    ) -> None:
         self.name = name
         self.run_id = run_id
         self.engines = engines
+        settings.setdefault("component", name)
         self.bus = EventBus(
-            url, client_id=f"demo-{name}-{run_id}", config=no_status(url), component=name
+            url, client_id=f"demo-{name}-{run_id}", config=no_status(url), **settings
         )
 
     def mine(self, event: Event) -> bool:
@@ -191,8 +195,15 @@ class Service:
 
 
 class Stt(Service):
-    def __init__(self, url: str, run_id: str, engines: Engines, heard: dict[str, str]) -> None:
-        super().__init__("stt", url, run_id, engines)
+    def __init__(
+        self,
+        url: str,
+        run_id: str,
+        engines: Engines,
+        heard: dict[str, str],
+        **settings: Unpack[BusSettings],
+    ) -> None:
+        super().__init__("stt", url, run_id, engines, **settings)
         self.heard = heard
         self.on(E.WAKE_WORD_DETECTED, self.on_wake_word)
 
@@ -202,8 +213,10 @@ class Stt(Service):
 
 
 class Llm(Service):
-    def __init__(self, url: str, run_id: str, engines: Engines) -> None:
-        super().__init__("llm", url, run_id, engines)
+    def __init__(
+        self, url: str, run_id: str, engines: Engines, **settings: Unpack[BusSettings]
+    ) -> None:
+        super().__init__("llm", url, run_id, engines, **settings)
         self.on(E.SPEECH_DETECTED, self.on_speech)
 
     async def on_speech(self, event: Event) -> None:
@@ -214,8 +227,10 @@ class Llm(Service):
 
 
 class Tts(Service):
-    def __init__(self, url: str, run_id: str, engines: Engines) -> None:
-        super().__init__("tts", url, run_id, engines)
+    def __init__(
+        self, url: str, run_id: str, engines: Engines, **settings: Unpack[BusSettings]
+    ) -> None:
+        super().__init__("tts", url, run_id, engines, **settings)
         self.on(E.RESPONSE_GENERATED, self.on_response)
         self.on(E.AUDIO_PLAYBACK_ENDED, self.on_played)
 

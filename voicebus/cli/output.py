@@ -21,6 +21,8 @@ from rich.table import Table
 from rich.text import Text
 
 from ..errors import (
+    AuthenticationError,
+    NotAuthorizedError,
     PayloadTooLargeError,
     PayloadValidationError,
     TopicError,
@@ -39,7 +41,11 @@ EXIT_TIMEOUT = 1
 EXIT_INPUT = 2
 """Bad input: JSON, payload, event type, topic filter, bus URL (click uses 2 for usage errors)."""
 EXIT_BROKER = 3
-"""The broker could not be reached, refused us, or went away."""
+"""The broker could not be reached (DNS, refused, TLS, no answer) or went away."""
+EXIT_AUTH = 4
+"""The broker refused our credentials (user name, password, client certificate)."""
+EXIT_DENIED = 5
+"""The broker's ACL refused a publish or subscription."""
 EXIT_INTERRUPTED = 130
 
 _INPUT_ERRORS = (PayloadValidationError, UnknownEventTypeError, TopicError, PayloadTooLargeError)
@@ -94,6 +100,10 @@ def reported_errors() -> Iterator[None]:
         fail(str(exc), exc.code)
     except _INPUT_ERRORS as exc:
         fail(str(exc), EXIT_INPUT)
+    except AuthenticationError as exc:
+        fail(str(exc), EXIT_AUTH)
+    except NotAuthorizedError as exc:
+        fail(str(exc), EXIT_DENIED)
     except TransportError as exc:
         fail(str(exc), EXIT_BROKER)
     except VoicebusError as exc:
@@ -131,10 +141,16 @@ def setup_logging(verbose: bool) -> Callable[[], None]:
     logger.handlers[:] = [handler]
     logger.setLevel(logging.DEBUG if verbose else logging.WARNING)
     logger.propagate = False
+    # paho's own lines ("failed to receive on socket") come again in the one-line
+    # error (or the transport's warning): shown with --verbose only
+    paho = logging.getLogger("voicebus.mqtt.paho")
+    paho_level = paho.level
+    paho.setLevel(logging.NOTSET if verbose else logging.CRITICAL)
 
     def restore() -> None:
         logger.handlers[:], level, logger.propagate = saved
         logger.setLevel(level)
+        paho.setLevel(paho_level)
 
     return restore
 
@@ -159,7 +175,9 @@ def print_table(
     """A rich table on a terminal, aligned plain columns otherwise."""
     out = stdout()
     if out.is_terminal:
-        table = Table(*columns, title=title, title_justify="left", header_style="bold")
+        table = Table(title=title, title_justify="left", header_style="bold")
+        for column in columns:  # a narrow terminal folds a long cell, never cuts it ("…")
+            table.add_column(column, overflow="fold")
         for row in rows:
             table.add_row(*row)
         out.print(table)
@@ -206,9 +224,10 @@ def date_time(timestamp: Any) -> str:
 def event_record(
     event: Event | None, topic: str, payload: bytes, retain: bool, problem: str | None
 ) -> dict[str, Any]:
-    """The JSON line `listen --json` prints for one message."""
+    """The JSON line `listen --json` prints for one message (``timestamp``, as in
+    `Event.to_dict`: the same key as `wait` and `publish --json`)."""
     record: dict[str, Any] = {
-        "time": event.timestamp if event else time.time(),
+        "timestamp": event.timestamp if event else time.time(),
         "type": event.type.value if event else None,
         "topic": topic,
         "correlation_id": event.correlation_id if event else None,
@@ -232,7 +251,7 @@ def print_event_line(record: dict[str, Any]) -> None:
     out = stdout()
     if out.is_terminal:
         line = Text.assemble(
-            (clock(record["time"]), "dim"),
+            (clock(record["timestamp"]), "dim"),
             "  ",
             (f"{kind:24}", "bold red" if problem else "bold cyan"),
             "  ",
@@ -248,7 +267,7 @@ def print_event_line(record: dict[str, Any]) -> None:
         return
     prefix = f"[{problem}] " if problem else ""
     print(
-        f"{clock(record['time'])}  {kind:24}  {record['topic']:40}  {cid:14}  "
+        f"{clock(record['timestamp'])}  {kind:24}  {record['topic']:40}  {cid:14}  "
         f"{prefix}{body}{flags}",
         flush=True,
     )

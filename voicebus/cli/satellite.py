@@ -3,7 +3,8 @@
 A satellite (a room with a microphone and a speaker) runs its own Mosquitto for
 its local services (wake word, playback); a bridge links it to the central
 broker (STT, LLM, TTS). The configuration comes from the template
-``mosquitto/satellite-bridge.conf.template`` (read from the source tree):
+``voicebus/cli/templates/satellite-bridge.conf.template``, package data (so it
+is in a wheel; ``mosquitto/`` holds an identical copy to read):
 an MQTT 5 bridge (properties survive), QoS 1, a persistent bridge session,
 this site's topic-addressed events both ways, wake word detections out, and
 nothing of the other sites. See the README, "Satellites".
@@ -11,6 +12,7 @@ nothing of the other sites. See the README, "Satellites".
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 from typing import Annotated
 
@@ -24,15 +26,15 @@ from . import output as out
 TEMPLATE = "satellite-bridge.conf.template"
 
 
-def _template() -> str:
-    """The template in ``mosquitto/`` of the source tree (not in a wheel)."""
-    shipped = Path(__file__).resolve().parents[2] / "mosquitto" / TEMPLATE
+def template_text() -> str:
+    """The bridge template, package data of ``voicebus.cli`` (in a wheel too)."""
+    shipped = resources.files(__package__ or "voicebus.cli").joinpath("templates", TEMPLATE)
     try:
-        return shipped.read_text()
+        return shipped.read_text(encoding="utf-8")
     except OSError:
         raise ConfigError(
-            f"cannot read the bridge template {shipped}: run from a voicebus source "
-            "checkout (pip install -e .)"
+            f"cannot read the bridge template {shipped}: this voicebus installation is "
+            "incomplete (reinstall it)"
         ) from None
 
 
@@ -57,7 +59,7 @@ def satellite_config(site: str, central: str) -> str:
     if url.tls:
         ca = url.query.get("ca")
         tls = f"bridge_cafile {ca}\n" if ca else "bridge_capath /etc/ssl/certs\n"
-    return _template().format(
+    return template_text().format(
         site=site,
         central=url.redacted(),
         address=" ".join(format_address(a) for a in url.brokers),

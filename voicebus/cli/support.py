@@ -7,6 +7,7 @@ import json
 import signal
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from enum import Enum
 from types import UnionType
 from typing import Annotated, Any, Union, get_args, get_origin
@@ -148,15 +149,23 @@ def no_status(url: str | None) -> BusConfig:
     return BusConfig() if parse_url(resolve_url(url)).scheme == "memory" else NO_STATUS
 
 
-def cli_bus(url: str) -> EventBus:
-    """A bus for one command (no history, no status)."""
-    return EventBus(url, client_id=client_id(), config=no_status(url), enable_history=False)
+def cli_bus(url: str, connect_timeout: float | None = None) -> EventBus:
+    """A bus for one command (no history, no status); `connect_timeout` (MQTT only):
+    seconds the broker may take to answer the connect."""
+    config = no_status(url)
+    if connect_timeout and config is NO_STATUS:
+        config = replace(config, connect_timeout=connect_timeout)
+    return EventBus(url, client_id=client_id(), config=config, enable_history=False)
 
 
-async def raw_client(url: str, on_message: Callable[[Message], None]) -> Transport:
+async def raw_client(
+    url: str, on_message: Callable[[Message], None], connect_timeout: float | None = None
+) -> Transport:
     """A bare transport connection: a passive tool sees every message as it is and,
-    unlike a bus, never turns bad input into dead letters or ERROR_OCCURRED events."""
-    transport = open_transport(parse_url(url), client_id=client_id(), settings=NO_STATUS)
+    unlike a bus, never turns bad input into dead letters or ERROR_OCCURRED events.
+    `connect_timeout`: seconds the broker may take to answer (default: the setting's)."""
+    settings = replace(NO_STATUS, connect_timeout=connect_timeout) if connect_timeout else NO_STATUS
+    transport = open_transport(parse_url(url), client_id=client_id(), settings=settings)
     await transport.connect(on_message)
     return transport
 

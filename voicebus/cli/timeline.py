@@ -77,6 +77,7 @@ async def _listen(
     retained: bool = False,
     duration: float = 0.0,
     tick: Callable[[], float | None] | None = None,
+    connect_timeout: float | None = None,
 ) -> None:
     """Feed every message on `filters` to `on_record` (False: stop) until Ctrl-C,
     `duration` seconds, or `tick` (called after each wake-up) returns 0."""
@@ -93,7 +94,7 @@ async def _listen(
             stop.set()
         wake.set()
 
-    transport = await raw_client(url, on_message)
+    transport = await raw_client(url, on_message, connect_timeout)
     undo = stop_on_signals(stop)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + duration if duration > 0 else None
@@ -303,6 +304,7 @@ def _live(
             retained=correlation_id is not None,
             duration=limit if follow else 0.0,
             tick=tick,
+            connect_timeout=limit or None,  # --timeout covers connecting too
         )
         for done in collector.finished(time.time(), everything=True):
             _print_trace(done, as_json)

@@ -16,20 +16,40 @@ from typing import TYPE_CHECKING
 from ..config import BusConfig
 from ..errors import BrokerTimeoutError
 from ..transport import Message, Transport, open_transport
+from ..wire.status import STATUS_PREFIX, status_topic
 
 if TYPE_CHECKING:
     from ..bus import EventBus
 
-SYNC_PREFIX = "voicebus/deadLetter/sync/"
-"""Marker topics of `read_retained` (never retained, ignored by every bus)."""
+SYNC_PREFIX = "$voicebus/sync/"
+"""Marker topics of `scan_retained` and `clear_retained`: ``$voicebus/sync/<side client
+id>/<random>``, never retained. A topic that starts with ``$`` matches no filter that
+starts with a wildcard (MQTT 5, 4.7.2), so no flow on ``#`` or ``voicebus/#`` (Node-RED,
+Home Assistant, ``voicebus listen``, a bus) sees them: only the side connection that
+subscribes to its own marker. An ACL must allow it (mosquitto/acl:
+``pattern readwrite $voicebus/sync/%c/#``)."""
+
+
+def side_client_id(bus: EventBus) -> str:
+    """A fresh client id for a side connection of `bus`."""
+    return f"{bus.client_id}-admin-{uuid.uuid4().hex[:6]}"
+
+
+def marker_topic(client_id: str) -> str:
+    """A fresh marker topic of the side connection `client_id`."""
+    level = status_topic(client_id)[len(STATUS_PREFIX) :]  # one topic level
+    return f"{SYNC_PREFIX}{level}/{uuid.uuid4().hex}"
 
 
 @asynccontextmanager
 async def side_connection(
-    bus: EventBus, on_message: Callable[[Message], None], connect_timeout: float
+    bus: EventBus,
+    on_message: Callable[[Message], None],
+    connect_timeout: float,
+    client_id: str | None = None,
 ) -> AsyncIterator[Transport]:
     """A short-lived connection of its own to the bus's broker (same credentials and
-    TLS; no session, no status, no reconnect)."""
+    TLS; no session, no status, no reconnect), as `client_id` (default: a fresh one)."""
     settings = replace(
         bus.config,
         session_expiry=None,
@@ -39,7 +59,7 @@ async def side_connection(
     )
     if bus.broker.scheme == "memory":
         settings = BusConfig()
-    client_id = f"{bus.client_id}-admin-{uuid.uuid4().hex[:6]}"
+    client_id = client_id or side_client_id(bus)
     transport = open_transport(bus.broker, client_id=client_id, settings=settings)
     await transport.connect(on_message)
     try:
@@ -58,14 +78,16 @@ async def scan_retained(
     on the bus's broker.
 
     Complete, not a guess after a quiet period: after subscribing, a marker message
-    is published to a topic of our own; the broker delivers a client's messages in
-    order, so every retained message has arrived when the marker does. `timeout`
-    bounds each wait for the broker, not the whole read: however many messages are
-    retained, the read goes on while they keep coming.
+    is published to a topic of our own (`SYNC_PREFIX`: no one else sees it); the
+    broker delivers a client's messages in order, so every retained message has
+    arrived when the marker does. `timeout` bounds each wait for the broker, not the
+    whole read: however many messages are retained, the read goes on while they keep
+    coming.
     """
-    marker = f"{SYNC_PREFIX}{uuid.uuid4().hex}"
     done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     received = 0
+    client_id = side_client_id(bus)
+    marker = marker_topic(client_id)
 
     def on_message(message: Message) -> None:
         nonlocal received
@@ -78,7 +100,7 @@ async def scan_retained(
 
     # The connect has its own timeout (connect_timeout: BrokerUnavailableError);
     # cancelling aiomqtt in the middle of its handshake leaves callbacks behind.
-    async with side_connection(bus, on_message, timeout) as side:
+    async with side_connection(bus, on_message, timeout, client_id) as side:
         try:
             async with asyncio.timeout(timeout):
                 await side.subscribe(topic_filter, 1)
@@ -116,8 +138,9 @@ async def clear_retained(
     by reading again (`voicebus.ops.dlq.purge_dead_letters` does).
     """
     cleared = 0
-    marker = Message(f"{SYNC_PREFIX}{uuid.uuid4().hex}", b"sync", 1, False)
-    async with side_connection(bus, lambda _m: None, timeout) as side:
+    client_id = side_client_id(bus)
+    marker = Message(marker_topic(client_id), b"sync", 1, False)
+    async with side_connection(bus, lambda _m: None, timeout, client_id) as side:
         for chunk in _chunks(topics, batch):
             try:
                 async with asyncio.timeout(timeout):

@@ -6,6 +6,7 @@ bus URL (no password).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import aiomqtt
@@ -20,19 +21,32 @@ from ...errors import (
     TransportError,
     VoicebusError,
 )
+from ..url import Address
 
-BROKER_HINT = "is Mosquitto running? start one with: mosquitto -c mosquitto/mosquitto.conf"
+BROKER_HINT = "is Mosquitto running? start one with: mosquitto -p {port}"
+"""The hint for a refused connection to this machine: Mosquitto 2 with no config file
+listens on the loopback interface, anonymous clients allowed (any install)."""
 _AUTH_CODES = {4, 5, 134, 135, 140}
 """CONNACK reason codes that mean bad credentials or not authorized (MQTT 3 and 5)."""
 _NOT_AUTHORIZED = 0x87
 _TOPIC_FILTER_INVALID = 0x8F
+_NAME_NOT_RESOLVED = re.compile(
+    r"\[errno -\d+\]|name or service not known|name resolution", re.IGNORECASE
+)
+"""getaddrinfo's errors (negative errno): the host name does not resolve."""
+_LOCAL = ("localhost", "127.", "::1")
 
 
-def connect_error(url: str, exc: aiomqtt.MqttError) -> TransportError:
-    """A failed connect: authentication, TLS, or the broker is not there."""
+def connect_error(
+    url: str, exc: aiomqtt.MqttError, address: Address, tls: bool, timeout: float
+) -> TransportError:
+    """A failed connect to `address` (``mqtts://`` when `tls`), named by its cause:
+    authentication, TLS, a host name that does not resolve, nothing listening, a
+    port that closed the connection (TLS on one side only), no answer in `timeout`."""
     text = str(exc)
     code = getattr(exc, "rc", None)
     value = getattr(code, "value", code)
+    host, port = address
     if isinstance(exc, MqttConnectError) and value in _AUTH_CODES:
         return AuthenticationError(
             f"{url} refused the connection ({text}): check the username and "
@@ -44,7 +58,34 @@ def connect_error(url: str, exc: aiomqtt.MqttError) -> TransportError:
             f"TLS with {url} failed: {text} (check the CA file, the client "
             "certificate and key, and that the server certificate names this host)"
         )
-    return BrokerUnavailableError(f"cannot connect to {url}: {text}; {BROKER_HINT}")
+    where = f"cannot connect to {url}:"
+    if _NAME_NOT_RESOLVED.search(lowered):
+        return BrokerUnavailableError(
+            f"{where} the host name {host!r} does not resolve ({text}): check the host in the URL"
+        )
+    if "refused" in lowered:
+        hint = (
+            BROKER_HINT.format(port=port)
+            if host.startswith(_LOCAL)
+            else f"is the broker running on {host}, and is port {port} open to this machine?"
+        )
+        return BrokerUnavailableError(f"{where} nothing listens on port {port} ({text}); {hint}")
+    if "reset" in lowered or "closed" in lowered:
+        if tls:
+            return TLSError(
+                f"TLS with {url} failed: {host}:{port} closed the connection in the handshake "
+                f"({text}); if that port speaks plain MQTT, use mqtt://"
+            )
+        return BrokerUnavailableError(
+            f"{where} {host}:{port} closed the connection before answering ({text}); if that "
+            "port expects TLS, use mqtts:// (with ?ca=CA_FILE)"
+        )
+    if "timed out" in lowered:
+        return BrokerUnavailableError(
+            f"{where} no MQTT answer (CONNACK) from {host}:{port} within {timeout:g}s: is it an "
+            "MQTT broker, and not overloaded? (a firewall that drops packets looks the same)"
+        )
+    return BrokerUnavailableError(f"{where} {text}")
 
 
 def publish_error(url: str, topic: str, code: int) -> TransportError:

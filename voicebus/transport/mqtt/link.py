@@ -29,7 +29,6 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from ...wire.status import OFFLINE
 from ..base import Message
 from ..url import Address
 from .options import MqttOptions
@@ -81,7 +80,7 @@ def new_client(
     else:
         topic = o.status_topic()
         if topic is not None:
-            will = aiomqtt.Will(topic, OFFLINE, 1, True)
+            will = aiomqtt.Will(topic, o.offline, 1, True)
     persistent = bool(o.session_expiry)
     return aiomqtt.Client(
         address[0],

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from ...config import MQTT_FIELDS, MqttSettings, mqtt_protocol
 from ...errors import TLSError
-from ...wire.status import status_topic
+from ...wire.status import is_generated, offline_payload, status_topic
 from ..base import Message
 from ..url import BusURL
 from .backoff import backoff_delay
@@ -68,9 +68,16 @@ class MqttOptions(MqttSettings):
 
     def status_topic(self) -> str | None:
         """The retained status topic (and Last Will) of this client, if it has one."""
-        if not self.status or self.will is not None or not self.client_id:
+        if self.status is False or self.will is not None or not self.client_id:
             return None
+        if self.status is None and is_generated(self.client_id):
+            return None  # `voicebus.wire.status`: no status for a generated id by default
         return status_topic(self.client_id)
+
+    @property
+    def offline(self) -> bytes:
+        """The status of a clean stop and the Last Will (`voicebus.wire.status`)."""
+        return offline_payload(self.client_id)
 
 
 def tls_context(url: BusURL, options: MqttOptions) -> ssl.SSLContext | None:

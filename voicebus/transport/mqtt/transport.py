@@ -17,7 +17,8 @@ users, composed from one module per concept:
 - **MQTT 3.1.1** (``protocol="3.1.1"``): no properties; the envelope is folded
   into the payload on ``voicebus/`` topics (`wire/envelope311.py`).
 - **Status**: a retained ``voicebus/status/<clientId>`` ``online`` on every
-  connect, ``offline`` on `close` and as the Last Will.
+  connect, ``offline`` on `close` and as the Last Will (cleared instead for a
+  generated client id: `voicebus.wire.status`).
 - **Flow control** (`receiver.py`): `pause_reading` never stops reading the
   socket (keepalives go on); received messages are held and their PUBACKs
   withheld, and the broker stops at the client's Receive Maximum.
@@ -48,7 +49,7 @@ from ...errors import (
     TLSError,
     TransportError,
 )
-from ...wire.status import OFFLINE, ONLINE
+from ...wire.status import ONLINE
 from ..base import Message, MessageCallback
 from ..url import BusURL
 from .errors import BROKER_HINT, connect_error, refusal
@@ -195,7 +196,8 @@ class MqttTransport:
         try:
             await enter(client)
         except aiomqtt.MqttError as exc:
-            raise connect_error(self.url, exc) from None
+            address, tls = self._brokers.current, self._url.tls
+            raise connect_error(self.url, exc, address, tls, self.options.connect_timeout) from None
         self._link = client
         self._paho = paho_client(client)
         self._publisher.link_up(self._paho, self._broker_max_packet)
@@ -336,7 +338,7 @@ class MqttTransport:
                 await asyncio.wait_for(settling, self.options.publish_timeout)
                 topic = self.options.status_topic()
                 if topic is not None and self._link is client:
-                    await self._announce(client, topic, OFFLINE)
+                    await self._announce(client, topic, self.options.offline)
             except (LinkLost, TimeoutError, TransportError) as exc:
                 log.debug("clean stop on %s: %s", self.url, exc)
         dropped = self._outbox.drop()
