@@ -179,7 +179,7 @@ async def test_a_service_gets_a_sensor_and_loses_it_when_its_status_is_cleared(
     url = fresh_mosquitto.url()
     stt = "homeassistant/binary_sensor/voicebus_stt/status/config"
     async with observing(url, "homeassistant/#") as seen, running_bridge(url) as bridge:
-        async with EventBus(url, client_id="stt"), EventBus(url) as anonymous:
+        async with EventBus(url, client_id="stt"), EventBus(url, status=True) as anonymous:
             await eventually(lambda: _configs(seen).get(stt))
             # the bridge handled what came before the marker: the anonymous bus's status
             await marker(anonymous, bridge.bus)

@@ -15,9 +15,9 @@ listens to, ``voicebus/status/<client_id>`` (each service's retained status) and
 - Sites: those given, those of retained state topics found at start (a restart
   keeps them), and every site an event names later. Each gets its discovery
   configs once known and its state topic kept up to date (retained).
-- Services: every retained status, except those of buses with an auto-generated
-  client id (``voicebus-<12 hex digits>``: a throwaway process, not a service);
-  an emptied status removes the service's sensor.
+- Services: every status, except those of buses with a generated client id
+  (`voicebus.wire.status.is_generated`: a throwaway process, not a service); an
+  emptied status (``voicebus status --prune``) removes the service's sensor.
 - Discovery is published at start, for each new site and service, and again
   whenever Home Assistant's birth message (``online``) arrives, as HA asks of a
   discovery publisher (the site states too: a broker restart may have lost them).
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import Callable, Iterable
 from enum import Enum
 
@@ -42,7 +41,7 @@ from ..wire.events import Event
 from ..wire.message import Message
 from ..wire.models import BinaryPayload
 from ..wire.routes import ROUTES, Route, RouteTable
-from ..wire.status import ONLINE, STATUS_PREFIX
+from ..wire.status import ONLINE, STATUS_PREFIX, is_generated
 from ..wire.topics import TopicTemplate
 from .discovery import DEFAULT_PREFIX, payload, service_config, site_configs
 from .state import STATE_TOPIC, TRACKED, SiteState, SiteStates, valid_site
@@ -51,8 +50,6 @@ log = logging.getLogger("voicebus.homeassistant")
 
 CLIENT_ID = "voicebus-homeassistant"
 """The bridge's default client id (its status topic is its entities' availability)."""
-GENERATED_ID = re.compile(r"voicebus-[0-9a-f]{12}")
-"""The client id a bus makes up when given none (`EventBus`): no service."""
 
 
 class BridgeTopic(str, Enum):
@@ -192,7 +189,7 @@ class HomeAssistantBridge:
 
     async def _on_status(self, event: Event) -> None:
         client_id = event.data.get("clientId")
-        if not isinstance(client_id, str) or GENERATED_ID.fullmatch(client_id):
+        if not isinstance(client_id, str) or is_generated(client_id):
             return
         body = event.data.get("payload") or b""
         async with self._lock:
