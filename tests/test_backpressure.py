@@ -21,7 +21,7 @@ from voicebus.transport import Message, parse_url
 from voicebus.transport.mqtt import MqttOptions, MqttTransport
 from voicebus.wire.status import OFFLINE, ONLINE, status_topic
 
-KEEPALIVE = 5
+KEEPALIVE = 3  # seconds: short, so 4 keepalives pass in ~12 s
 PINGS = 4
 """PINGRESPs the slow bus must read while its handler is blocked: ~4x keepalive,
 well past the 1.5x after which a link that is not read is closed."""

@@ -31,6 +31,7 @@ from .receive.subscriptions import EventFilter, Handler, Subscription
 from .transport import BusURL, Message, Transport, parse_url, resolve_url
 from .wire.codec import check_message, encode
 from .wire.events import Event, EventType, event_type_named
+from .wire.handover import hand_over
 from .wire.ids import RandomIds
 from .wire.models import Payload
 from .wire.routes import ROUTES, RouteTable
@@ -65,6 +66,7 @@ class EventBus:
     ) -> None:
         self._url = parse_url(resolve_url(url))
         self.config = resolve_config(config, settings, self._url.scheme)
+        self._in_process = self._url.scheme == "memory"
         self._mqtt311 = (
             self._url.scheme != "memory" and mqtt_protocol(self.config, self._url.query) == "3.1.1"
         )
@@ -297,7 +299,7 @@ class EventBus:
         Raises `PayloadValidationError` naming the field when `data` does not fit
         the event type's model; nothing is published then.
         """
-        if isinstance(event_type, str) and not isinstance(event_type, Enum):
+        if not isinstance(event_type, Enum) and isinstance(event_type, str):
             event_type = event_type_named(event_type)
         route = self._routes.get(event_type)
         parent = HANDLING.get()
@@ -313,8 +315,16 @@ class EventBus:
             parent_id=parent.id if parent is not None else None,
             ttl=ttl if ttl is None else positive_seconds("ttl", ttl),
         )
-        self.monitor.emitting(event)  # before it can come back from the broker
-        await self.publish_message(message)
+        if self._in_process and not message.retain:  # receivers here skip the JSON
+            message.local = hand_over(route, event, self.monitor, self._routes)
+        if message.local is None:  # an echo to recognise when it comes back
+            self.monitor.emitting(event)  # (before it can come back from the broker)
+        link = self._link
+        transport = link.transport
+        if transport is not None and link.running and not self._side.filters.pending:
+            await transport.publish(message)  # `publish_message` without its checks
+        else:
+            await link.publish(message)
         self.monitor.record(event)
         return event
 

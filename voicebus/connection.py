@@ -70,6 +70,8 @@ class Connection:
             await transport.connect(self.side.inbound.on_message, defer_acks=defer)
             if hasattr(transport, "on_publish_failed"):
                 transport.on_publish_failed = self.failures.publish_failed
+            if hasattr(transport, "on_local"):  # memory://: events handed over in-process
+                transport.on_local = self.side.inbound.on_local
             self.transport = transport
             self.loop = asyncio.get_running_loop()
             self.side.dispatcher.start(transport)

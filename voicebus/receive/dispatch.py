@@ -39,17 +39,18 @@ inherits its correlation id and records its id as ``parent_id``.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import time
 from collections import deque
 from collections.abc import Callable
 from contextvars import ContextVar
+from inspect import isawaitable
+from types import CoroutineType
 from typing import Any
 
 from ..errors import HandlerTimeout
 from ..transport import CONSUMER, Transport
-from ..wire.events import Event
+from ..wire.events import Event, seal_metadata, unseal_metadata
 from .monitor import HandlerStats, Monitor
 from .subscriptions import Subscription, SubscriptionRegistry, handler_name
 
@@ -58,6 +59,9 @@ log = logging.getLogger("voicebus")
 Middleware = Callable[[Event], Any]
 FailureReport = Callable[[Event, str, BaseException, str], None]
 """Called as ``report(event, handler_name, exception, component)``."""
+
+_COROUTINE = CoroutineType
+"""What an ``async def`` handler returns: awaited without `inspect.isawaitable`'s checks."""
 
 _FATAL = (KeyboardInterrupt, SystemExit)
 """What a handler may raise to end the process: never caught here."""
@@ -91,7 +95,7 @@ class Dispatcher:
         self.post: list[Middleware] = []
         self._handler_stats: dict[tuple[str, str], HandlerStats] = {}
         self.group_sids: set[int] = set()
-        self._queue: deque[tuple[Event, tuple[int, ...], object | None]] = deque()
+        self._queue: deque[tuple[Event, tuple[int, ...], object | None, bool]] = deque()
         self._transport: Transport | None = None
         self._paused = False
         self._delivering = False
@@ -147,7 +151,7 @@ class Dispatcher:
             return 0
         transport = self._transport
         if transport is not None:
-            for event, _, ack in queue:
+            for event, _, ack, _own in queue:
                 if ack is not None and event.correlation_id == correlation_id:
                     transport.ack(ack)
         queue.clear()
@@ -161,11 +165,14 @@ class Dispatcher:
         """The broker's copy for this bus's shared subscription(s) only."""
         return bool(self.group_sids and sids and self.group_sids.issuperset(sids))
 
-    def enqueue(self, event: Event, sids: tuple[int, ...], ack: object | None = None) -> None:
+    def enqueue(
+        self, event: Event, sids: tuple[int, ...], ack: object | None = None, own: bool = False
+    ) -> None:
         """Queue a received event (from the transport callback; never blocks); `ack`
-        goes to the transport once it is handled."""
+        goes to the transport once it is handled; `own`: this bus emitted it (its
+        history and stats counted it then)."""
         queue = self._queue
-        queue.append((event, sids, ack))
+        queue.append((event, sids, ack, own))
         if len(queue) == 1 and self._wakeup is not None:
             self._wakeup.set()
         if len(queue) >= self.max_queue_size and not self._paused and self._transport:
@@ -185,13 +192,13 @@ class Dispatcher:
                 wakeup.clear()
                 await wakeup.wait()
                 continue
-            event, sids, ack = queue.popleft()
+            event, sids, ack, own = queue.popleft()
             if self._paused and len(queue) <= resume_at and self._transport is not None:
                 self._paused = False
                 self._transport.resume_reading()
             self._delivering = True
             try:
-                await self._deliver(event, sids)
+                await self._deliver(event, sids, own)
             except Exception:  # never let one event stop the bus
                 log.exception("dispatch of %s failed", event)
             finally:
@@ -225,15 +232,18 @@ class Dispatcher:
             except Exception:
                 log.exception("could not report the failure of %s on %s", name, event)
 
-    async def _deliver(self, event: Event, sids: tuple[int, ...]) -> None:
+    async def _deliver(self, event: Event, sids: tuple[int, ...], own: bool) -> None:
         perf = time.perf_counter
         started = perf()
         HANDLING.set(event)
-        for middleware in self.pre:
-            if await self._run_middleware(middleware, event) is False:
-                return  # dropped, or failed: fails closed
+        if self.pre:  # they may change the metadata; nobody after them
+            unseal_metadata(event)  # if sealed before the first was added
+            for middleware in self.pre:
+                if await self._run_middleware(middleware, event) is False:
+                    return  # dropped, or failed: fails closed
+            seal_metadata(event)
         registry = self._registry
-        group_copy = self.is_group_copy(sids)
+        group_copy = bool(self.group_sids) and self.is_group_copy(sids)
         for sub in registry.matching(event.topic):
             if not sub.active:
                 continue
@@ -251,11 +261,11 @@ class Dispatcher:
                     continue
             if sub.once:  # removed before it runs, so it runs once
                 self._remove(sub)
-            stats = self._stats_for(sub)
+            stats = sub.stats or self._stats_for(sub)
             begin = perf()
             try:
                 result = sub.handler(event)
-                if result is not None and inspect.isawaitable(result):
+                if result is not None and (type(result) is _COROUTINE or isawaitable(result)):
                     self._awaiting = event
                     if sub.timeout is None:
                         await result
@@ -283,7 +293,7 @@ class Dispatcher:
         monitor = self._monitor
         monitor.processed += 1
         monitor.processing_time += perf() - started
-        if not monitor.emitted_here(event):  # emitted here: counted by emit
+        if not own:  # emitted here: counted by emit
             monitor.record(event)
 
     async def _with_deadline(self, result: Any, timeout: float) -> None:
@@ -351,7 +361,7 @@ class Dispatcher:
         """What `middleware` returned; ``False`` when it raised (a failure)."""
         try:
             result = middleware(event)
-            if inspect.isawaitable(result):
+            if isawaitable(result):
                 result = await result
             return result
         except BaseException as exc:

@@ -12,17 +12,21 @@ answers by passing the request's ``msg`` on keeps the request's user properties,
 and a peer that sends another service's ids on its own topics must not make us
 drop that service's events. A message without an id (a peer without MQTT 5
 properties, e.g. Rhasspy) gets a fresh one from `new_id` and is never
-de-duplicated: nothing on the wire says two of them are the same.
+de-duplicated: nothing on the wire says two of them are the same. Nor is an
+event handed over in-process (`voicebus.wire.handover`): the in-process broker
+delivers each publish once per bus, and a retained copy comes without hand-over.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 from ..errors import DecodeError
 from ..transport import Message, Transport
 from ..wire.codec import InvalidMessage, decode
-from ..wire.events import Event, EventType
+from ..wire.events import Event, EventType, seal
+from ..wire.handover import Handover, received
 from ..wire.routes import PREFIX, SYSTEM_PREFIXES, RouteTable
 from .cancellation import Cancellations
 from .dispatch import Dispatcher
@@ -80,6 +84,20 @@ class Inbound:
             if not queued and self.acker is not None:
                 self.acker.ack(token)
 
+    def on_local(self, message: Message, sids: tuple[int, ...]) -> None:
+        """In-process callback (``memory://``): `message` carries a `Handover` and is
+        for this bus's subscriptions `sids` (no acknowledgement, no copy of it)."""
+        local = message.local
+        if (
+            type(local) is Handover
+            and local.routes is self._routes
+            and len(message.payload) <= self._max_payload
+        ):
+            event = received(local, bool(self._dispatcher.pre))
+            self._queue(event, sids, None, True, local.sender is self._monitor)
+        else:
+            self.receive(replace(message, subscription_ids=sids, local=None))
+
     def receive(self, message: Message) -> bool:
         """Decode `message` and queue its event for dispatch; False when not queued
         (a dead letter, unrouted, a duplicate)."""
@@ -88,6 +106,13 @@ class Inbound:
             error = f"payload of {len(message.payload)} bytes exceeds {limit}"
             self._failed(message, "payload_too_large", error, None)
             return False
+        local = message.local
+        if type(local) is Handover and local.routes is self._routes:
+            # Emitted in this process, validated there, delivered once per bus: no
+            # decoding, and never a duplicate (a retained copy carries no hand-over).
+            own = local.sender is self._monitor
+            event = received(local, bool(self._dispatcher.pre))
+            return self._queue(event, message.subscription_ids, message.ack, True, own)
         fresh = self._fresh_ids
         try:
             event = decode(message, self._routes, self._fresh_id)
@@ -101,18 +126,27 @@ class Inbound:
             elif not topic.startswith(SYSTEM_PREFIXES):  # bookkeeping (status, dead letters)
                 self._failed(message, exc.reason, str(exc), None)
             return False
-        sids = message.subscription_ids
+        seal(event, not self._dispatcher.pre)  # read-only from here on (see `Event`)
         id_less = fresh != self._fresh_ids  # never a duplicate (see the module doc)
-        if self._dispatcher.is_group_copy(sids):
+        own = self._monitor.emitted_here(event)
+        return self._queue(event, message.subscription_ids, message.ack, id_less, own)
+
+    def _queue(
+        self, event: Event, sids: tuple[int, ...], ack: object | None, unique: bool, own: bool
+    ) -> bool:
+        """De-duplicate (unless `unique`), apply cancellations, resolve waiters, queue.
+        `own`: this bus emitted the event (counted in its history by `emit`)."""
+        dispatcher = self._dispatcher
+        if dispatcher.group_sids and dispatcher.is_group_copy(sids):
             # The broker's copy for a group (shared subscription) of this bus: it is
             # dispatched to that group's handlers only, apart from the plain copy.
-            if not id_less and not self._dispatched.add(_message_key("g", event)):
+            if not unique and not self._dispatched.add(_message_key("g", event)):
                 return False
             cancels = self.cancellations
             if cancels is not None and cancels.ids.until and cancels.drops(event):
                 return False
         else:
-            if not id_less and not self._dispatched.add(_message_key("p", event)):
+            if not unique and not self._dispatched.add(_message_key("p", event)):
                 return False
             cancels = self.cancellations
             if cancels is not None:
@@ -122,7 +156,7 @@ class Inbound:
                     return False
             if len(self._waiters):
                 self._waiters.resolve(event)
-        self._dispatcher.enqueue(event, sids, message.ack)
+        dispatcher.enqueue(event, sids, ack, own)
         return True
 
     def _fresh_id(self) -> str:

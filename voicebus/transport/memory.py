@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Callable
 
 from ..errors import BusStateError
 from ..wire.cache import TopicCache
@@ -44,18 +45,21 @@ class MemoryBroker:
         self._turns: dict[str, int] = {}
 
     async def publish(self, message: Message) -> None:
+        for client in self.route(message):
+            await client.wait_for_room()
+
+    def route(self, message: Message) -> list[MemoryTransport]:
+        """Deliver `message` to every client it is for; the ones now paused (the
+        publisher waits for room in each)."""
         if message.retain:
             if message.payload:
                 self.retained[message.topic] = message
             else:
                 self.retained.pop(message.topic, None)
         if not self.shared:
-            for client in [c for c in self.clients if c.deliver(message)]:
-                await client.wait_for_room()
-            return
+            return [c for c in self.clients if c.deliver(message)]
         picked = self._pick_shared(message.topic)
-        for client in [c for c in self.clients if c.deliver(message, picked.get(c, ()))]:
-            await client.wait_for_room()
+        return [c for c in self.clients if c.deliver(message, picked.get(c, ()))]
 
     def _pick_shared(self, topic: str) -> dict[MemoryTransport, tuple[int, ...]]:
         """For each shared subscription matching `topic`, the member whose turn it is."""
@@ -84,6 +88,9 @@ class MemoryTransport:
         self._matched: TopicCache[tuple[int, ...]] = TopicCache()  # worst case ~2 MiB
         self._shared: dict[str, int] = {}
         self._on_message: MessageCallback | None = None
+        self.on_local: Callable[[Message, tuple[int, ...]], None] | None = None
+        """Set by a bus: takes a message carrying an in-process hand-over
+        (`Message.local`) with this client's subscription ids, without a copy."""
         self._backlog: deque[Message] = deque()
         self._paused = False
         self._resumed = asyncio.Event()
@@ -107,6 +114,7 @@ class MemoryTransport:
         if self in self._broker.clients:
             self._broker.clients.remove(self)
         self._on_message = None
+        self.on_local = None
         self._broker.shared -= len(self._shared)
         self._shared.clear()
         self._subscriptions.clear()
@@ -122,7 +130,8 @@ class MemoryTransport:
         self._require_connected()
         if not message.validated:  # encode() built the topic from a checked template
             check_topic(message.topic)
-        await self._broker.publish(message)
+        for client in self._broker.route(message):
+            await client.wait_for_room()
 
     async def subscribe(self, topic_filter: str, subscription_id: int, qos: int = 1) -> None:
         self._require_connected()
@@ -172,6 +181,12 @@ class MemoryTransport:
             ids = ids + shared_ids
         if not ids:
             return False
+        on_local = self.on_local
+        # A hand-over goes straight in, unless paused or behind a backlog (then in turn).
+        local = message.local is not None and not (message.retain or self._paused)
+        if on_local is not None and local and not self._backlog:
+            on_local(message, ids)
+            return self._paused  # the receiver's queue may have filled up
         self._push(_copy(message, ids, retain=False))
         return self._paused
 
@@ -224,4 +239,5 @@ def _copy(message: Message, ids: tuple[int, ...], *, retain: bool) -> Message:
         message.validated,
         None,
         message.expires,
+        None if retain or message.retain else message.local,  # a retained copy: decoded
     )

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from difflib import get_close_matches
 from enum import Enum
-from typing import Any
+from typing import Any, NoReturn
 
 from ..errors import UnknownEventTypeError
 
@@ -81,6 +81,14 @@ class Event:
     `data` holds the payload as it travels (camelCase keys, defaults for keys the
     wire format requires); `metadata` may be changed by middleware. `parent_id` is
     the id of the event being handled when this one was emitted (None otherwise).
+
+    A received event is **read-only** (`ReadOnlyEvent`): its `data` (nested
+    dicts and lists too) from the start, its `metadata` once the pre middleware
+    ran, its attributes always. Every handler, ``filter_func``, post middleware and
+    `wait_for` of a bus sees that one event, so no handler can change what another
+    sees; a change raises ``TypeError`` (``AttributeError`` for an attribute).
+    Change a copy instead: `copy` (or ``dict(event.data)``). The event `emit`
+    returns is the sender's own and stays changeable (receivers got a copy).
     """
 
     type: Enum
@@ -93,6 +101,21 @@ class Event:
     topic: str = ""
     parent_id: str | None = None
     """The id of the event whose handler emitted this one (causality; see `codec`)."""
+
+    def copy(self) -> Event:
+        """An equal, changeable event: plain dicts and lists all the way down, sharing
+        no container with this one."""
+        return Event(
+            self.type,
+            thaw(self.data),
+            self.id,
+            self.source,
+            self.timestamp,
+            self.correlation_id,
+            thaw(self.metadata),
+            self.topic,
+            self.parent_id,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly view of the event."""
@@ -113,6 +136,125 @@ class Event:
             f"Event(type={self.type.value!r}, id={self.id!r}, topic={self.topic!r}, "
             f"correlation_id={self.correlation_id!r}, data={self.data!r})"
         )
+
+
+def _read_only(self: object, *args: object, **kwargs: object) -> NoReturn:
+    raise TypeError(
+        "a received event is read-only (every handler sees the same one): "
+        "change a copy (`event.copy()`, `dict(event.data)`)"
+    )
+
+
+class FrozenDict(dict[str, Any]):
+    """A dict that refuses changes: a received event's `data` and `metadata`."""
+
+    __slots__ = ()
+    __setitem__ = __delitem__ = __ior__ = _read_only
+    clear = pop = popitem = setdefault = update = _read_only
+
+    def __reduce__(self) -> tuple[Any, ...]:  # copy, deepcopy, pickle: the same again
+        return (FrozenDict, (dict(self),))
+
+
+class FrozenList(list[Any]):
+    """A list that refuses changes: a JSON array inside a received event."""
+
+    __slots__ = ()
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _read_only
+    append = extend = insert = pop = remove = clear = sort = reverse = _read_only
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (FrozenList, (list(self),))
+
+
+FROZEN_EMPTY = FrozenDict()
+"""The `metadata` of a received event that came without any."""
+
+_CONTAINERS = frozenset({dict, list, FrozenDict, FrozenList, tuple, set})
+
+
+def freeze(data: dict[str, Any]) -> FrozenDict:
+    """`data` as a `FrozenDict`, nested dicts and lists frozen too (sharing nothing
+    changeable with `data`)."""
+    if _CONTAINERS.isdisjoint(map(type, data.values())):
+        return FrozenDict(data)
+    return FrozenDict({k: _frozen(v) for k, v in data.items()})
+
+
+def _frozen(value: Any) -> Any:
+    kind = type(value)
+    if kind is dict or kind is FrozenDict:
+        return FrozenDict({k: _frozen(v) for k, v in value.items()})
+    if kind is list or kind is FrozenList:
+        return FrozenList([_frozen(v) for v in value])
+    if kind is tuple:
+        return tuple(_frozen(v) for v in value)
+    if kind is set:
+        return frozenset(value)
+    return value
+
+
+def thaw(data: dict[str, Any]) -> dict[str, Any]:
+    """A changeable deep copy of `data`: plain dicts and lists all the way down."""
+    if _CONTAINERS.isdisjoint(map(type, data.values())):
+        return dict(data)
+    return {k: _thawed(v) for k, v in data.items()}
+
+
+def _thawed(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _thawed(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_thawed(v) for v in value]
+    if type(value) is tuple:
+        return tuple(_thawed(v) for v in value)
+    if type(value) is set:
+        return set(value)
+    return value
+
+
+class ReadOnlyEvent(Event):
+    """A received `Event`: its attributes cannot be set (see `Event`); `seal` makes one."""
+
+    __slots__ = ()
+
+    def __setattr__(self, name: str, value: object) -> None:
+        try:
+            object.__getattribute__(self, name)
+        except AttributeError:  # not set yet: a copy (`copy.copy`, pickle) being built
+            object.__setattr__(self, name, value)
+            return
+        raise AttributeError(
+            f"a received event is read-only (every handler sees the same one): "
+            f"cannot set {name!r}; change a copy (`event.copy()`)"
+        )
+
+    __delattr__ = _read_only
+
+
+def seal(event: Event, metadata: bool) -> None:
+    """Make a received `event` read-only, its `data` frozen, and its `metadata` too
+    unless not `metadata` (it stays changeable for the pre middleware: then
+    `seal_metadata` once they ran)."""
+    data = event.data
+    if type(data) is not FrozenDict:
+        event.data = freeze(data)
+    if metadata:
+        event.metadata = freeze(event.metadata) if event.metadata else FROZEN_EMPTY
+    event.__class__ = ReadOnlyEvent
+
+
+def seal_metadata(event: Event) -> None:
+    """Freeze the `metadata` of a sealed event (once the pre middleware ran)."""
+    metadata = event.metadata
+    if type(metadata) is not FrozenDict:
+        object.__setattr__(event, "metadata", freeze(metadata) if metadata else FROZEN_EMPTY)
+
+
+def unseal_metadata(event: Event) -> None:
+    """Make the `metadata` of a sealed event changeable again (for the pre middleware)."""
+    if type(event.metadata) is FrozenDict:
+        object.__setattr__(event, "metadata", thaw(event.metadata))
 
 
 def event_type_named(name: str, known: Iterable[Enum] = EventType) -> Enum:

@@ -21,13 +21,13 @@ class RandomIds:
 
     def __init__(self, prefix: str) -> None:
         self._prefix = prefix
-        self._pool = b""
+        self._pool = ""
         self._pos = 0
 
     def __call__(self) -> str:
         pos = self._pos
         if pos >= len(self._pool):
-            self._pool = os.urandom(_CHUNK)
+            self._pool = os.urandom(_CHUNK).hex()  # 16 hex digits (64 bits) per id
             pos = 0
-        self._pos = pos + 8
-        return self._prefix + self._pool[pos : pos + 8].hex()
+        self._pos = pos + 16
+        return self._prefix + self._pool[pos : pos + 16]

@@ -31,6 +31,11 @@ class Message:
     """When the message goes stale (``time.monotonic()``), None: never. On the wire
     as the MQTT 5 Message Expiry Interval (the seconds left when it is sent); a
     stale message is dropped, not sent or delivered (outbox, ``memory://``)."""
+    local: object | None = None
+    """In-process only (never on the wire): set by the emitting bus on a fresh,
+    not retained message to hand its validated event to the receivers of this
+    process without the JSON round trip (`voicebus.wire.handover`). ``memory://``
+    passes it on; MQTT ignores it."""
 
     def expired(self, now: float) -> bool:
         """Past its expiry at monotonic time `now`."""

@@ -1,0 +1,94 @@
+"""In-process hand-over: an event emitted in this process reaches the receiving
+buses of this process without the JSON round trip (encode, parse, look up the
+route, read the envelope) that MQTT needs.
+
+The emitting bus attaches a `Handover` to its encoded `Message` (`Message.local`)
+when the payload survives JSON unchanged (`plain`): strings, integers, floats,
+booleans, None, and dicts and lists of them; not on a binary route or one
+with topic-only keys, whose received data is rebuilt from the topic. Each receiver
+then builds its `Event` with `received`: the same values an MQTT receiver decodes
+(the same envelope rules: an empty source is absent, a missing correlation id is
+the payload's ``sessionId``). The data is frozen once, at emit (`freeze`: a copy,
+so what the sender does to its own event reaches nobody), and shared by every
+receiving bus: a received event is read-only (see `Event`). The payload was
+validated by `codec.encode`; the encoded bytes still travel beside it (size
+limit, retained messages, tools that read raw messages, and a bus with another
+route table, which decodes them as over MQTT).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .events import FROZEN_EMPTY, Event, FrozenDict, ReadOnlyEvent, freeze, thaw
+from .routes import Route
+
+_ATOMS = frozenset({str, int, float, bool, type(None)})  # pydantic-core JSON keeps inf, nan
+
+
+class Handover:
+    """The sender's event, its data frozen, and who sent it (the emitting bus's token)."""
+
+    __slots__ = ("data", "event", "metadata", "routes", "sender")
+
+    def __init__(self, event: Event, sender: object, data: FrozenDict, routes: object) -> None:
+        self.event = event
+        self.sender = sender
+        self.data = data
+        self.routes = routes
+        """The sender's route table: a bus with another one decodes the bytes."""
+        metadata = event.metadata
+        self.metadata = freeze(metadata) if metadata else FROZEN_EMPTY
+
+
+def hand_over(route: Route, event: Event, sender: object, routes: object) -> Handover | None:
+    """A `Handover` for `event`, or None when a receiver must decode the bytes."""
+    if route.body is not None or route.topic_only:
+        return None
+    data = event.data
+    if _ATOMS.issuperset(map(type, data.values())):
+        frozen = FrozenDict(data)
+    elif _plain(data):
+        frozen = freeze(data)
+    else:
+        return None
+    if event.metadata and not _plain(event.metadata):
+        return None
+    return Handover(event, sender, frozen, routes)
+
+
+def received(handover: Handover, middleware: bool) -> Event:
+    """The receiver's own `Event` for a handed-over one (see the module doc); its
+    `metadata` changeable when the receiver has pre `middleware`."""
+    sent = handover.event
+    data = handover.data
+    correlation_id = sent.correlation_id
+    if correlation_id is None:
+        session = data.get("sessionId")
+        if isinstance(session, str):
+            correlation_id = session
+    event = Event(
+        sent.type,
+        data,
+        sent.id,
+        sent.source or None,
+        sent.timestamp,
+        correlation_id,
+        (thaw(sent.metadata) if sent.metadata else {}) if middleware else handover.metadata,
+        sent.topic,
+        sent.parent_id or None,
+    )
+    event.__class__ = ReadOnlyEvent  # `events.seal`, its data frozen already
+    return event
+
+
+def _plain(value: Any) -> bool:
+    """`value` comes back from JSON as it went in (equal, and of the same types)."""
+    kind = type(value)
+    if kind in _ATOMS:
+        return True
+    if kind is dict:
+        return all(type(k) is str and _plain(v) for k, v in value.items())
+    if kind is list:
+        return all(_plain(v) for v in value)
+    return False
