@@ -29,7 +29,8 @@ from .receive.side import ReceiveSide, Target
 __all__ = ["EventBus", "Target"]
 from .receive.subscriptions import EventFilter, Handler, Subscription
 from .transport import BusURL, Message, Transport, parse_url, resolve_url
-from .wire.codec import check_message, encode
+from .wire.codec import check_message, prepare
+from .wire.envelope import expires_at, to_message
 from .wire.events import Event, EventType, event_type_named
 from .wire.handover import hand_over
 from .wire.ids import RandomIds
@@ -305,26 +306,28 @@ class EventBus:
         parent = HANDLING.get()
         if parent is not None and correlation_id is None:
             correlation_id = parent.correlation_id
-        event, message = encode(
+        expires = expires_at(route, ttl if ttl is None else positive_seconds("ttl", ttl))
+        event, payload, metadata_text = prepare(
             route,
             data if data is not None else {},
-            event_id=self._new_id(),
-            source=source or self.source,
-            correlation_id=correlation_id,
-            metadata=metadata,
-            parent_id=parent.id if parent is not None else None,
-            ttl=ttl if ttl is None else positive_seconds("ttl", ttl),
+            self._new_id(),
+            source or self.client_id,  # `source`
+            correlation_id,
+            metadata,
+            parent.id if parent is not None else None,
         )
-        if self._in_process and not message.retain:  # receivers here skip the JSON
-            message.local = hand_over(route, event, self.monitor, self._routes)
-        if message.local is None:  # an echo to recognise when it comes back
-            self.monitor.emitting(event)  # (before it can come back from the broker)
-        link = self._link
-        transport = link.transport
-        if transport is not None and link.running and not self._side.filters.pending:
-            await transport.publish(message)  # `publish_message` without its checks
+        local = (  # on memory://: receivers here skip the JSON and the MQTT message
+            hand_over(route, event, payload, metadata_text, expires, self.monitor, self._routes)
+            if self._in_process
+            else None
+        )
+        if local is not None:
+            waiting = self._link.send_local(local)  # None unless a receiver is paused
+            if waiting is not None:
+                await waiting
         else:
-            await link.publish(message)
+            self.monitor.emitting(event)  # an echo to recognise when it comes back
+            await self._link.send(to_message(route, event, payload, metadata_text, expires))
         self.monitor.record(event)
         return event
 

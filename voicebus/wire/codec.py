@@ -151,7 +151,14 @@ def prepare(
     session = route.session and correlation_id is not None
     if session and isinstance(data, Mapping) and _no_session(data):
         data = {**data, "sessionId": correlation_id}  # before validation: it may be required
-    wire = validate_payload(route, data)
+    if type(data) is dict:  # `validate_payload`'s common case, inline
+        try:
+            obj = route.model.__pydantic_validator__.validate_python(data)
+        except pydantic.ValidationError as exc:
+            raise _payload_error(route.event_type, exc) from None
+        wire = obj.__pydantic_serializer__.to_python(obj, by_alias=True, exclude_none=True)
+    else:
+        wire = validate_payload(route, data)
     if session and wire.get("sessionId") is None:  # a model instance without one
         wire["sessionId"] = correlation_id
     timestamp = time.time()
