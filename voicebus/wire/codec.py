@@ -46,6 +46,8 @@ from .correlation import correlation_text as correlation_text  # codec's public 
 from .envelope import PARENT as PARENT  # re-exported: the codec names its properties
 from .envelope import expires_at, properties, to_message, type_text
 from .events import Event
+from .fastdump import ATOMS as _ATOMS
+from .fastdump import wire_validator
 from .message import Message
 from .models import Payload
 from .routes import ROUTES, Route, RouteTable
@@ -151,12 +153,16 @@ def prepare(
     session = route.session and correlation_id is not None
     if session and isinstance(data, Mapping) and _no_session(data):
         data = {**data, "sessionId": correlation_id}  # before validation: it may be required
-    if type(data) is dict:  # `validate_payload`'s common case, inline
+    fast = wire_validator(route.model) if type(data) is dict else None
+    if fast is not None:  # a simple model: straight into wire keys (see `fastdump`)
         try:
-            obj = route.model.__pydantic_validator__.validate_python(data)
+            wire = fast.validate_python(data)
         except pydantic.ValidationError as exc:
             raise _payload_error(route.event_type, exc) from None
-        wire = obj.__pydantic_serializer__.to_python(obj, by_alias=True, exclude_none=True)
+        if not _ATOMS.issuperset(map(type, wire.values())):
+            wire = validate_payload(route, data)  # containers: the dump copies them
+        elif None in wire.values():
+            wire = {k: v for k, v in wire.items() if v is not None}  # `exclude_none`
     else:
         wire = validate_payload(route, data)
     if session and wire.get("sessionId") is None:  # a model instance without one

@@ -24,10 +24,11 @@ from typing import Any
 
 from .envelope import to_message
 from .events import FROZEN_EMPTY, Event, FrozenDict, ReadOnlyEvent, freeze, thaw
+from .fastdump import ATOMS
 from .message import Message
 from .routes import Route
 
-_ATOMS = frozenset({str, int, float, bool, type(None)})  # pydantic-core JSON keeps inf, nan
+_ATOMS = ATOMS  # pydantic-core JSON keeps inf, nan
 
 
 class Handover:
