@@ -140,13 +140,17 @@ class MemoryTransport:
         behind a backlog, no `on_local`) or a shared subscription gets
         `local.message()`, made then (once). None when no receiver is paused now,
         else an awaitable that waits for room like `publish` (`InProcessTransport`)."""
-        self._require_connected()
+        if self._on_message is None:
+            self._require_connected()
         broker = self._broker
         if broker.shared:
-            paused = broker.route(local.message())
-        else:
-            paused = [c for c in broker.clients if c.deliver_local(local)]
-        return _wait_for_room(paused) if paused else None
+            shared = broker.route(local.message())
+            return _wait_for_room(shared) if shared else None
+        paused: list[MemoryTransport] | None = None
+        for client in broker.clients:
+            if client.deliver_local(local):
+                paused = [client] if paused is None else [*paused, client]
+        return None if paused is None else _wait_for_room(paused)
 
     async def subscribe(self, topic_filter: str, subscription_id: int, qos: int = 1) -> None:
         self._require_connected()
@@ -210,7 +214,10 @@ class MemoryTransport:
         client cannot take the hand-over now. True when it is paused."""
         if self._on_message is None:
             return False
-        ids = self._subscription_ids(local.topic)
+        topic = local.topic
+        ids = self._matched.get(topic)
+        if ids is None:
+            ids = self._subscription_ids(topic)
         if not ids:
             return False
         on_local = self.on_local

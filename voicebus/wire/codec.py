@@ -44,7 +44,7 @@ from .binary import JSON, WAV, wav_problem
 from .correlation import correlation_bytes as correlation_bytes  # re-exported: the
 from .correlation import correlation_text as correlation_text  # codec's public pair
 from .envelope import PARENT as PARENT  # re-exported: the codec names its properties
-from .envelope import expires_at, properties, to_message, type_text
+from .envelope import expires_at, properties, to_message
 from .events import Event
 from .fastdump import ATOMS as _ATOMS
 from .fastdump import wire_validator
@@ -179,7 +179,7 @@ def prepare(
         route.topic(wire),
         parent_id,
     )
-    envelope = event_id + type_text(route)  # the time property is always a valid string
+    envelope = event_id + route.type_text  # the time property is always a valid string
     if source:
         envelope += source
     if parent_id:

@@ -48,14 +48,9 @@ def to_message(
     return message
 
 
-def type_text(route: Route) -> str:
-    type_value = route.event_type._value_
-    return type_value if type(type_value) is str else str(type_value)  # an Enum of numbers
-
-
 def properties(route: Route, event: Event, metadata_text: str | None) -> list[tuple[str, str]]:
     """The user properties of `event`'s envelope, in their wire order."""
-    props = [("id", event.id), ("type", type_text(route)), ("time", repr(event.timestamp))]
+    props = [("id", event.id), ("type", route.type_text), ("time", repr(event.timestamp))]
     if event.source:
         props.append(("source", event.source))
     if event.parent_id:
