@@ -11,7 +11,7 @@ import random
 from typing import Any
 
 import pydantic
-from pydantic import Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from voicebus import EventBus, EventType
 from voicebus.wire.codec import _dump, prepare
@@ -21,18 +21,19 @@ from voicebus.wire.routes import ROUTES
 
 VALUES: list[Any] = [
     None, 0, 1, -5, 2**70, 1.5, float("inf"), True, False, "", "x", "1", "2.5",
-    "true", "  sp  ", [], {}, [1], {"a": [1]}, b"by", "é\u2603",
+    "true", "  sp  ", "abcd", [], {}, [1], {"a": [1]}, b"by", "é\u2603",
 ]  # fmt: skip
 
 
-def _slow(model: type[pydantic.BaseModel], data: dict[str, Any]) -> Any:
+def _slow(model: type[BaseModel], data: dict[str, Any]) -> Any:
     try:
-        return list(_dump(model.__pydantic_validator__.validate_python(data)).items())
+        obj = model.__pydantic_validator__.validate_python(data)
+        return list(_dump(obj).items())
     except pydantic.ValidationError as exc:
         return [(e["loc"], e["msg"], e["type"]) for e in exc.errors(include_url=False)]
 
 
-def _fast(model: type[pydantic.BaseModel], data: dict[str, Any]) -> Any:
+def _fast(model: type[BaseModel], data: dict[str, Any]) -> Any:
     validator = wire_validator(model)
     assert validator is not None
     try:
@@ -42,10 +43,30 @@ def _fast(model: type[pydantic.BaseModel], data: dict[str, Any]) -> Any:
     return [(k, v) for k, v in out.items() if v is not None]
 
 
+class _Forbidding(Payload):
+    model_config = ConfigDict(extra="forbid")
+    level: int = 3
+    name: str | None = "z"
+    gain: float = Field(default=1.0, ge=0)
+    short: str = Field(default="k", max_length=3)
+    on: bool = False
+
+
+class _Plain(BaseModel):  # not a Payload: aliases only where given, extra keys ignored
+    count: int
+    label: str = Field(default="q", alias="Label")
+
+
+class _Strict(Payload):
+    model_config = ConfigDict(strict=True, str_strip_whitespace=True)
+
+
 def test_the_fast_path_matches_the_model_on_every_simple_route() -> None:
     rng = random.Random(13)
     fast_models = {r.model for r in ROUTES if wire_validator(r.model) is not None}
     assert len(fast_models) > 10  # most routes take it
+    fast_models |= {_Forbidding, _Plain}
+    assert wire_validator(_Strict) is None  # config beyond names: the model's way
     for model in sorted(fast_models, key=lambda m: m.__name__):
         keys: list[str] = ["extra", "sessionId", "site_id", "siteId"]
         for name, info in model.model_fields.items():

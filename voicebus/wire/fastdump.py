@@ -5,7 +5,8 @@
 whose fields are plain scalars (str, int, float, bool, optionally None, with a
 plain default) and that has no validator, serializer, computed field or custom
 init, `wire_validator` builds a pydantic-core typed-dict validator from the
-model's own field schemas and config: the same checks, coercions and errors,
+model's own field schemas (a model whose config does more than name its extra
+keys and aliases is left out): the same checks, coercions and errors,
 keyed by the wire names (aliases), extra keys handled as the model handles them.
 Its output is the dump when every value is of `ATOMS`, except that a field or
 extra key given as None stays (the caller drops those, as ``exclude_none``
@@ -53,6 +54,8 @@ def _build(model: type[BaseModel]) -> SchemaValidator | None:
     if inner.get("computed_fields") or inner.get("extras_schema") is not None:
         return None
     config = dict(schema.get("config") or {})
+    if not _CONFIG_KEYS.issuperset(config):  # strict, str_strip_whitespace, ...: the model's way
+        return None
     by_name = config.get("validate_by_name", False)
     by_alias = config.get("validate_by_alias", True)
     fields: dict[str, Any] = {}
@@ -83,12 +86,14 @@ def _build(model: type[BaseModel]) -> SchemaValidator | None:
         "extra_behavior": config.get("extra_fields_behavior", "ignore"),
         "total": False,
     }
-    config.pop("title", None)
-    return SchemaValidator(typed, config)  # type: ignore[arg-type]
+    return SchemaValidator(typed)
 
 
 _MODEL_KEYS = frozenset(
     {"type", "cls", "schema", "config", "custom_init", "root_model", "ref", "metadata"}
+)
+_CONFIG_KEYS = frozenset(
+    {"title", "extra_fields_behavior", "validate_by_alias", "validate_by_name"}
 )
 _FIELDS_KEYS = frozenset({"type", "fields", "computed_fields", "model_name"})
 _FIELD_KEYS = frozenset({"type", "schema", "validation_alias", "serialization_alias", "metadata"})
