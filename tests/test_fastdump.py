@@ -100,7 +100,7 @@ def test_a_container_in_extra_keys_is_copied_as_the_dump_copies_it() -> None:
     route = ROUTES.get(EventType.RESPONSE_GENERATED)
     assert wire_validator(route.model) is not None
     nested = [1, {"a": [2]}]
-    event, _, _ = prepare(route, {"response": "hi", "extra": nested}, "i", "s", None, None, None)
+    event, _, _, _ = prepare(route, {"response": "hi", "extra": nested}, "i", "s", None, None, None)
     assert event.data["extra"] == nested
     assert event.data["extra"] is not nested
 

@@ -307,7 +307,7 @@ class EventBus:
         if parent is not None and correlation_id is None:
             correlation_id = parent.correlation_id
         expires = expires_at(route, ttl if ttl is None else positive_seconds("ttl", ttl))
-        event, payload, metadata_text = prepare(
+        event, payload, metadata_text, atoms = prepare(
             route,
             data if data is not None else {},
             self._new_id(),
@@ -316,11 +316,10 @@ class EventBus:
             metadata,
             parent.id if parent is not None else None,
         )
-        local = (  # on memory://: receivers here skip the JSON and the MQTT message
-            hand_over(route, event, payload, metadata_text, expires, self.monitor, self._routes)
-            if self._in_process
-            else None
-        )
+        local = None
+        if self._in_process:  # receivers here skip the JSON and the MQTT message
+            sender, routes = self.monitor, self._routes
+            local = hand_over(route, event, payload, metadata_text, expires, sender, routes, atoms)
         if local is not None:
             waiting = self._link.send_local(local)  # None unless a receiver is paused
             if waiting is not None:

@@ -132,7 +132,7 @@ def encode(
     `strings`): the topic's parameters and length (`TopicError`), the user
     properties and the correlation id (`PayloadValidationError` naming the field).
     """
-    event, payload, metadata_text = prepare(
+    event, payload, metadata_text, _ = prepare(
         route, data, event_id, source, correlation_id, metadata, parent_id
     )
     return event, to_message(route, event, payload, metadata_text, expires_at(route, ttl))
@@ -146,10 +146,11 @@ def prepare(
     correlation_id: str | None,
     metadata: Mapping[str, Any] | None,
     parent_id: str | None,
-) -> tuple[Event, bytes, str | None]:
+) -> tuple[Event, bytes, str | None, bool]:
     """`encode` up to the MQTT message: validate, check every envelope string, encode
-    the payload. The event, its payload bytes and its ``metadata`` property text
-    (None without metadata): `to_message` makes the message of them when needed."""
+    the payload. The event, its payload bytes, its ``metadata`` property text (None
+    without metadata; `to_message` makes the message of them when needed) and
+    whether its data is known to hold JSON atoms only (`fastdump.ATOMS`)."""
     session = route.session and correlation_id is not None
     if session and isinstance(data, Mapping) and _no_session(data):
         data = {**data, "sessionId": correlation_id}  # before validation: it may be required
@@ -159,12 +160,15 @@ def prepare(
             wire = fast.validate_python(data)
         except pydantic.ValidationError as exc:
             raise _payload_error(route.event_type, exc) from None
-        if not _ATOMS.issuperset(map(type, wire.values())):
-            wire = validate_payload(route, data)  # containers: the dump copies them
+        # Fields are scalars; an extra key may hold a container (the dump copies it).
+        atoms = fast.keys.issuperset(wire) or _ATOMS.issuperset(map(type, wire.values()))
+        if not atoms:
+            wire = validate_payload(route, data)
         elif None in wire.values():
             wire = {k: v for k, v in wire.items() if v is not None}  # `exclude_none`
     else:
         wire = validate_payload(route, data)
+        atoms = False  # not known
     if session and wire.get("sessionId") is None:  # a model instance without one
         wire["sessionId"] = correlation_id
     timestamp = time.time()
@@ -205,7 +209,7 @@ def prepare(
             payload = to_json(wire)
         except PydanticSerializationError as exc:
             raise _unencodable(route, wire, exc) from None
-    return event, payload, metadata_text
+    return event, payload, metadata_text, atoms
 
 
 def _no_session(data: Mapping[str, Any]) -> bool:

@@ -25,10 +25,23 @@ from pydantic_core import SchemaValidator
 _SCALARS = frozenset({"str", "int", "float", "bool"})
 ATOMS = frozenset({str, int, float, bool, type(None)})
 """Types a dump returns as they came (a container it copies: the caller checks)."""
-_CACHE: dict[type[BaseModel], SchemaValidator | None] = {}
 
 
-def wire_validator(model: type[BaseModel]) -> SchemaValidator | None:
+class WireValidator:
+    """`validate_python` (the typed-dict validator) and `keys`: the wire names of
+    the model's fields (an output key not among them is an extra key)."""
+
+    __slots__ = ("keys", "validate_python")
+
+    def __init__(self, validator: SchemaValidator, keys: frozenset[str]) -> None:
+        self.validate_python = validator.validate_python
+        self.keys = keys
+
+
+_CACHE: dict[type[BaseModel], WireValidator | None] = {}
+
+
+def wire_validator(model: type[BaseModel]) -> WireValidator | None:
     """The typed-dict validator of `model` (see the module doc), or None."""
     try:
         return _CACHE[model]
@@ -42,7 +55,7 @@ def wire_validator(model: type[BaseModel]) -> SchemaValidator | None:
     return validator
 
 
-def _build(model: type[BaseModel]) -> SchemaValidator | None:
+def _build(model: type[BaseModel]) -> WireValidator | None:
     schema: Any = model.__pydantic_core_schema__
     if schema.get("type") != "model" or not _only(schema, _MODEL_KEYS):
         return None
@@ -86,7 +99,7 @@ def _build(model: type[BaseModel]) -> SchemaValidator | None:
         "extra_behavior": config.get("extra_fields_behavior", "ignore"),
         "total": False,
     }
-    return SchemaValidator(typed)
+    return WireValidator(SchemaValidator(typed), frozenset(fields))
 
 
 _MODEL_KEYS = frozenset(

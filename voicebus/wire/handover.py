@@ -87,13 +87,15 @@ def hand_over(
     expires: float | None,
     sender: object,
     routes: object,
+    atoms: bool = False,
 ) -> Handover | None:
-    """A `Handover` for `event` (`codec.prepare` made it, `payload` and
-    `metadata_text` with it), or None when a receiver must decode the bytes."""
+    """A `Handover` for `event` (`codec.prepare` made it, `payload`,
+    `metadata_text` and `atoms`, its data known to be JSON atoms only, with it),
+    or None when a receiver must decode the bytes."""
     if route.body is not None or route.topic_only or route.retain:
         return None
     data = event.data
-    if _ATOMS.issuperset(map(type, data.values())):
+    if atoms or _ATOMS.issuperset(map(type, data.values())):
         frozen = FrozenDict(data)
     elif _plain(data):
         frozen = freeze(data)
