@@ -1,8 +1,10 @@
 """`EventBus`: the seed API over a transport.
 
 Data flows one way: ``emit -> validate -> encode -> transport`` on the sending
-side; ``transport -> decode -> wait_for futures -> dispatch (pre middleware ->
-handlers by priority -> post middleware) -> history/stats`` on the receiving side.
+side (on ``memory://`` ``emit -> validate -> hand over``: the MQTT message is made
+only if a receiver needs it, see `voicebus.wire.handover`); ``transport -> decode
+-> wait_for futures -> dispatch (pre middleware -> handlers by priority -> post
+middleware) -> history/stats`` on the receiving side.
 The pieces live in their rooms: `wire` (events, models, routes, codec),
 `transport`, `connection` (start, publish, drain, stop), `receive` (broker sync,
 waiters, dispatch, monitor), `deadletters`; every setting is in `config`.
