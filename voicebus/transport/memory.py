@@ -121,6 +121,7 @@ class MemoryTransport:
         self._subscriptions.clear()
         self._matched.clear()
         self._backlog.clear()
+        self._paused = False  # a publisher waiting for room here goes on (else it spins)
         self._resumed.set()
 
     def _require_connected(self) -> None:
