@@ -177,7 +177,9 @@ def test_payload_parameters_point_into_the_payload() -> None:
     vad = doc["channels"][EventType.SPEECH_ENDED.value]["parameters"]["siteId"]
     assert vad["location"] == "$message.payload#/siteId"
     hotword = doc["channels"][EventType.WAKE_WORD_DETECTED.value]["parameters"]["wakewordId"]
-    assert "location" not in hotword and "topic only" in hotword["description"]
+    assert hotword["location"] == "$message.payload#/wakewordId"  # in both (issue 11)
+    play = doc["channels"][EventType.AUDIO_PLAYBACK_ENDED.value]["parameters"]["siteId"]
+    assert "location" not in play and "topic only" in play["description"]
     intent = doc["channels"][EventType.INTENT_RECOGNIZED.value]["parameters"]["intentName"]
     assert intent["location"] == "$message.payload#/intent/intentName"  # nested: NluIntent
 

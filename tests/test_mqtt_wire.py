@@ -87,13 +87,14 @@ async def test_voicebus_publishes_plain_json_on_the_mapped_topic(mosquitto: Mosq
     data = json.loads(payload)
     assert data == {
         "siteId": "default",
+        "wakewordId": "porcupine",  # in the topic and in the payload (for Home Assistant)
         "modelId": "porcupine",
         "modelVersion": "",
         "modelType": "personal",
         "currentSensitivity": 1.0,
         "confidence": 0.95,
         "sessionId": "utt-1",  # the correlation id, for peers without MQTT 5
-    }  # wakewordId lives in the topic only, as in Hermes
+    }
     assert "wake-1" in props and "wake_word_detected" in props
 
 

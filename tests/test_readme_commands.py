@@ -34,6 +34,7 @@ from voicebus import EventBus, EventType
 from voicebus.cli.demo import Engines, run_demo
 from voicebus.errors import DeadLetterNotFoundError
 from voicebus.ops.dlq import get_dead_letter
+from voicebus.ops.retained import read_retained
 from voicebus.testing import record
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -174,6 +175,9 @@ def run_voicebus(s: Session, words: list[str]) -> None:
             code, _, err = arbiter.finish(signal.SIGINT)
         assert code == 0 and "Traceback" not in err, err
         return
+    if args[0] == "homeassistant":  # a service: a transcript lands in its site's state
+        run_homeassistant(s, args, url)
+        return
     if args[0] == "wait":
         with Background.voicebus(*args, url=url) as waiting:
             waiting.wait_for("waiting for", "stderr")
@@ -197,6 +201,30 @@ def run_voicebus(s: Session, words: list[str]) -> None:
     if args[0] == "satellite-config":
         assert "bridge_protocol_version mqttv50" in result.stdout
         assert f"address 127.0.0.1:{s.broker.port}" in result.stdout
+
+
+def run_homeassistant(s: Session, args: list[str], url: str | None) -> None:
+    """The bridge announces its sites and keeps their retained state topics."""
+    with Background.voicebus(*args, url=url) as bridge:
+        bridge.wait_for("homeassistant bridge ready")
+        sites = sorted(args[i + 1] for i, word in enumerate(args) if word == "--site")
+        assert f"sites: {', '.join(sites)}" in bridge.text() and "kitchen" in sites
+
+        async def transcript() -> None:
+            async with EventBus(s.url) as bus:
+                data = {"text": "turn on the light", "siteId": "kitchen"}
+                await bus.emit(EventType.SPEECH_DETECTED, data)
+
+                async def stored() -> bool:
+                    found = await read_retained(bus, "voicebus/site/kitchen/state")
+                    state = json.loads(found.get("voicebus/site/kitchen/state", b"{}"))
+                    return bool(state.get("transcript") == "turn on the light")
+
+                await eventually(stored, timeout=10, interval=0.05)
+
+        asyncio.run(transcript())
+        code, _, err = bridge.finish(signal.SIGINT)
+    assert code == 0 and "Traceback" not in err, err
 
 
 def run_timeline(s: Session, args: list[str]) -> None:

@@ -189,6 +189,18 @@ def test_topic_value_wins_over_payload_value() -> None:
     assert event.data["siteId"] == "kitchen"
 
 
+def test_wake_word_id_from_the_topic_with_or_without_the_payload_key() -> None:
+    """``wakewordId`` is in the topic and (for Home Assistant) the payload: decoding
+    takes a Hermes peer's payload without it, and the topic wins when they differ."""
+    from voicebus.transport.base import Message
+
+    topic = "hermes/hotword/porcupine/detected"
+    for payload in (b'{"modelId": "p"}', b'{"modelId": "p", "wakewordId": "other"}'):
+        event = decode(Message(topic, payload), ROUTES, lambda: "x")
+        assert event.type is EventType.WAKE_WORD_DETECTED
+        assert event.data["wakewordId"] == "porcupine"
+
+
 def test_parameter_defaults_fill_the_topic() -> None:
     assert topic_for(EventType.WAKE_WORD_DETECTED) == "hermes/hotword/default/detected"
     assert (
@@ -223,7 +235,8 @@ def _routes_by_type() -> dict[Enum, Route]:
 
 def test_topic_only_keys_are_the_documented_ones() -> None:
     routes = _routes_by_type()
-    assert routes[EventType.WAKE_WORD_DETECTED].topic_only == {"wakewordId"}
+    # in the payload too: Home Assistant templates see only the payload
+    assert routes[EventType.WAKE_WORD_DETECTED].topic_only == frozenset()
     assert routes[EventType.AUDIO_PLAYBACK_ENDED].topic_only == {"siteId"}
     assert routes[EventType.SPEECH_ENDED].topic_only == frozenset()  # Snips VAD has siteId
     for route in ROUTES:

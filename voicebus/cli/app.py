@@ -27,6 +27,7 @@ from .asyncapi import payload_schema
 from .contract import contract_app
 from .demo import RUN_ID, Engines, Utterance, hop_summary, run_demo
 from .dlq import dlq_app
+from .homeassistant import homeassistant
 from .satellite import satellite_config_command
 from .support import (
     MEMORY_NOTE,
@@ -70,6 +71,7 @@ app.add_typer(contract_app, name="contract")
 app.add_typer(dlq_app, name="dlq")
 app.command(name="arbiter")(arbiter)
 app.command("satellite-config")(satellite_config_command)
+app.command("homeassistant")(homeassistant)
 
 
 def _version(value: bool) -> None:

@@ -39,9 +39,11 @@ class AudioCapture(Payload):
 class HotwordDetected(Payload):
     """A wake word was detected (Hermes ``HotwordDetected``).
 
-    ``wakewordId`` travels in the topic only; ``modelId`` and ``wakewordId`` default
-    to each other, then to ``"default"``. An explicit empty ``wakewordId`` is kept
-    (and refused as a topic parameter), never silently replaced.
+    ``wakewordId`` travels in the topic (as in Hermes) and in the payload too (Hermes
+    peers ignore the extra key; Home Assistant templates see only the payload); when
+    they differ, the topic wins. ``modelId`` and ``wakewordId`` default to each other,
+    then to ``"default"``. An explicit empty ``wakewordId`` is kept (and refused as a
+    topic parameter), never silently replaced.
     """
 
     wakeword_id: str | None = None

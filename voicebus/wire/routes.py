@@ -22,8 +22,11 @@ from .topics import TopicTemplate
 PREFIX = "voicebus/"
 """Every project topic lives under this prefix."""
 
-SYSTEM_PREFIXES = ("voicebus/status/", "voicebus/deadLetter/")
-"""Project topics that carry bus bookkeeping, not events."""
+SYSTEM_PREFIXES = ("voicebus/status/", "voicebus/deadLetter/", "voicebus/site/")
+"""Project topics that carry bus bookkeeping, not events: a bus that hears one it has
+no route for ignores it (no dead letter). ``voicebus/site/`` holds per-site topics not
+every bus knows (``voicebus/site/<siteId>/state`` of the Home Assistant bridge, a
+satellite's own routes)."""
 
 
 @dataclass(frozen=True)
@@ -139,7 +142,6 @@ def _default_routes() -> list[Route]:
             e.WAKE_WORD_DETECTED,
             "hermes/hotword/{wakewordId}/detected",
             m.HotwordDetected,
-            topic_only=("wakewordId",),
             hermes="HotwordDetected",
         ),
         _route(
