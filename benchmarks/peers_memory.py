@@ -7,7 +7,8 @@ the loop every 10 emits (its best here: 1, 100 and 1000 were slower, never
 yielding slower still); bubus awaiting each dispatch (it keeps its own history;
 unawaited dispatches made it slower per event); a bare ``asyncio.Queue`` ->
 handler loop (no validation, no envelope: the floor). voicebus validates every
-payload with its pydantic model and builds the full MQTT envelope.
+payload with its pydantic model, checks the envelope strings and JSON-encodes the
+payload (the MQTT message is made only for a receiver that needs one).
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
 """`EventBus`: the seed API over a transport.
 
 Data flows one way: ``emit -> validate -> encode -> transport`` on the sending
-side; ``transport -> decode -> wait_for futures -> dispatch (pre middleware ->
-handlers by priority -> post middleware) -> history/stats`` on the receiving side.
+side (on ``memory://`` ``emit -> validate -> hand over``: the MQTT message is made
+only if a receiver needs it, see `voicebus.wire.handover`); ``transport -> decode
+-> wait_for futures -> dispatch (pre middleware -> handlers by priority -> post
+middleware) -> history/stats`` on the receiving side.
 The pieces live in their rooms: `wire` (events, models, routes, codec),
 `transport`, `connection` (start, publish, drain, stop), `receive` (broker sync,
 waiters, dispatch, monitor), `deadletters`; every setting is in `config`.
@@ -29,7 +31,8 @@ from .receive.side import ReceiveSide, Target
 __all__ = ["EventBus", "Target"]
 from .receive.subscriptions import EventFilter, Handler, Subscription
 from .transport import BusURL, Message, Transport, parse_url, resolve_url
-from .wire.codec import check_message, encode
+from .wire.codec import check_message, prepare
+from .wire.envelope import expires_at, to_message
 from .wire.events import Event, EventType, event_type_named
 from .wire.handover import hand_over
 from .wire.ids import RandomIds
@@ -305,26 +308,27 @@ class EventBus:
         parent = HANDLING.get()
         if parent is not None and correlation_id is None:
             correlation_id = parent.correlation_id
-        event, message = encode(
+        expires = expires_at(route, ttl if ttl is None else positive_seconds("ttl", ttl))
+        event, payload, metadata_text, atoms = prepare(
             route,
             data if data is not None else {},
-            event_id=self._new_id(),
-            source=source or self.source,
-            correlation_id=correlation_id,
-            metadata=metadata,
-            parent_id=parent.id if parent is not None else None,
-            ttl=ttl if ttl is None else positive_seconds("ttl", ttl),
+            self._new_id(),
+            source or self.client_id,  # `source`
+            correlation_id,
+            metadata,
+            parent.id if parent is not None else None,
         )
-        if self._in_process and not message.retain:  # receivers here skip the JSON
-            message.local = hand_over(route, event, self.monitor, self._routes)
-        if message.local is None:  # an echo to recognise when it comes back
-            self.monitor.emitting(event)  # (before it can come back from the broker)
-        link = self._link
-        transport = link.transport
-        if transport is not None and link.running and not self._side.filters.pending:
-            await transport.publish(message)  # `publish_message` without its checks
+        local = None
+        if self._in_process:  # receivers here skip the JSON and the MQTT message
+            sender, routes = self.monitor, self._routes
+            local = hand_over(route, event, payload, metadata_text, expires, sender, routes, atoms)
+        if local is not None:
+            waiting = self._link.send_local(local)  # None unless a receiver is paused
+            if waiting is not None:
+                await waiting
         else:
-            await link.publish(message)
+            self.monitor.emitting(event)  # an echo to recognise when it comes back
+            await self._link.send(to_message(route, event, payload, metadata_text, expires))
         self.monitor.record(event)
         return event
 

@@ -11,14 +11,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
 
 from .config import BusConfig
 from .deadletters import FailureReporter
 from .errors import BusStateError, VoicebusError
 from .receive.monitor import Monitor
 from .receive.side import ReceiveSide
-from .transport import BusURL, Message, Transport, open_transport
+from .transport import (
+    BusURL,
+    InProcessTransport,
+    LocalMessage,
+    Message,
+    Transport,
+    open_transport,
+)
 
 __all__ = ["Connection"]
 
@@ -44,6 +52,8 @@ class Connection:
         self.failures = failures
         self.monitor = monitor
         self.transport: Transport | None = None
+        self.publish_local: Callable[[LocalMessage], Awaitable[None] | None] | None = None
+        """The transport's `InProcessTransport.publish_local` (``memory://``), else None."""
         self.running = False
         self._stopping = False
         self._start_lock: asyncio.Lock | None = None
@@ -70,8 +80,10 @@ class Connection:
             await transport.connect(self.side.inbound.on_message, defer_acks=defer)
             if hasattr(transport, "on_publish_failed"):
                 transport.on_publish_failed = self.failures.publish_failed
-            if hasattr(transport, "on_local"):  # memory://: events handed over in-process
-                transport.on_local = self.side.inbound.on_local
+            if hasattr(transport, "publish_local"):  # memory://: events handed over in-process
+                local = cast(InProcessTransport, transport)
+                local.on_local = self.side.inbound.on_local
+                self.publish_local = local.publish_local
             self.transport = transport
             self.loop = asyncio.get_running_loop()
             self.side.dispatcher.start(transport)
@@ -108,6 +120,7 @@ class Connection:
         await self.side.dispatcher.stop()
         self.side.filters.reset()
         transport, self.transport = self.transport, None
+        self.publish_local = None
         if transport is not None:
             self.monitor.expired += getattr(transport, "expired", 0)  # its count goes with it
             await transport.close()
@@ -126,6 +139,23 @@ class Connection:
         if transport is None:
             raise BusStateError("the bus was stopped")
         await transport.publish(message)
+
+    async def send(self, message: Message) -> None:
+        """`publish` without its waits when running with no subscription pending."""
+        transport = self.transport
+        if transport is not None and self.running and not self.side.filters.pending:
+            await transport.publish(message)
+        else:
+            await self.publish(message)
+
+    def send_local(self, local: LocalMessage) -> Awaitable[None] | None:
+        """Publish an in-process hand-over: through `InProcessTransport.publish_local`
+        when running with no subscription pending, else as its message. None when
+        done, else an awaitable to await (room in a paused receiver, or the publish)."""
+        publish_local = self.publish_local
+        if publish_local is not None and self.running and not self.side.filters.pending:
+            return publish_local(local)
+        return self.send(local.message())
 
     async def publish_quietly(self, message: Message) -> None:
         """Publish bookkeeping (a dead letter) in the background; failures only logged."""

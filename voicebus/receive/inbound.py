@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from ..errors import DecodeError
-from ..transport import Message, Transport
+from ..transport import LocalMessage, Message, Transport
 from ..wire.codec import InvalidMessage, decode
 from ..wire.events import Event, EventType, seal
 from ..wire.handover import Handover, received
@@ -84,19 +84,20 @@ class Inbound:
             if not queued and self.acker is not None:
                 self.acker.ack(token)
 
-    def on_local(self, message: Message, sids: tuple[int, ...]) -> None:
-        """In-process callback (``memory://``): `message` carries a `Handover` and is
-        for this bus's subscriptions `sids` (no acknowledgement, no copy of it)."""
-        local = message.local
+    def on_local(self, local: LocalMessage, sids: tuple[int, ...]) -> None:
+        """In-process callback (``memory://``): a hand-over (`Handover`) for this
+        bus's subscriptions `sids` (no acknowledgement, no message made). One this
+        bus cannot take as it is (too large, another route table) is received as
+        its message."""
         if (
             type(local) is Handover
             and local.routes is self._routes
-            and len(message.payload) <= self._max_payload
+            and len(local.payload) <= self._max_payload
         ):
             event = received(local, bool(self._dispatcher.pre))
             self._queue(event, sids, None, True, local.sender is self._monitor)
         else:
-            self.receive(replace(message, subscription_ids=sids, local=None))
+            self.receive(replace(local.message(), subscription_ids=sids, local=None))
 
     def receive(self, message: Message) -> bool:
         """Decode `message` and queue its event for dispatch; False when not queued

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from ..config import MqttSettings
-from .base import CONSUMER, Message, MessageCallback, Transport
+from .base import CONSUMER, InProcessTransport, LocalMessage, Message, MessageCallback, Transport
 from .url import DEFAULT_URL, BusURL, parse_url, resolve_url
 
 __all__ = [
     "CONSUMER",
     "DEFAULT_URL",
     "BusURL",
+    "InProcessTransport",
+    "LocalMessage",
     "Message",
     "MessageCallback",
     "Transport",

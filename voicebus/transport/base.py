@@ -8,7 +8,7 @@ of dropping anything (over MQTT by flow control: the link stays up).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from typing import Protocol
 
@@ -20,6 +20,24 @@ makes a dispatcher wait on its own paused queue."""
 
 
 MessageCallback = Callable[[Message], None]
+
+
+class LocalMessage(Protocol):
+    """An event published in-process without its MQTT message being made
+    (`voicebus.wire.handover.Handover`): its topic, its payload bytes, when it goes
+    stale, and `message` to make the message for a receiver that needs one."""
+
+    topic: str
+    payload: bytes
+    expires: float | None
+
+    def message(self) -> Message:
+        """The full message (made once), carrying this as `Message.local`."""
+        ...
+
+
+LocalCallback = Callable[[LocalMessage, tuple[int, ...]], None]
+"""``on_local(local, subscription_ids)``: an in-process receiver takes a hand-over."""
 
 
 class Transport(Protocol):
@@ -54,3 +72,19 @@ class Transport(Protocol):
 
     def resume_reading(self) -> None:
         """Deliver messages again after `pause_reading`."""
+
+
+class InProcessTransport(Transport, Protocol):
+    """A transport whose receivers live in this process (``memory://``): it also
+    takes events handed over without their MQTT message (the optional seam a bus
+    uses when the transport has it; see `voicebus.wire.handover`)."""
+
+    on_local: LocalCallback | None
+    """Set by a receiving bus: takes a hand-over with its subscription ids."""
+
+    def publish_local(self, local: LocalMessage) -> Awaitable[None] | None:
+        """Publish `local` to this process's receivers at once (a receiver that cannot
+        take a hand-over now gets `local.message()`). None when done; else an
+        awaitable to await before the next publish: it waits for room in the
+        receivers now paused (back-pressure, as `publish` does). Not a coroutine
+        function, so the common case costs no coroutine."""

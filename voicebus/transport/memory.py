@@ -15,12 +15,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable
+from typing import cast
 
 from ..errors import BusStateError
 from ..wire.cache import TopicCache
 from ..wire.topics import check_filter, check_topic, matches
-from .base import CONSUMER, Message, MessageCallback
+from .base import CONSUMER, LocalCallback, LocalMessage, Message, MessageCallback
 
 _BROKERS: dict[str, MemoryBroker] = {}
 
@@ -88,9 +89,9 @@ class MemoryTransport:
         self._matched: TopicCache[tuple[int, ...]] = TopicCache()  # worst case ~2 MiB
         self._shared: dict[str, int] = {}
         self._on_message: MessageCallback | None = None
-        self.on_local: Callable[[Message, tuple[int, ...]], None] | None = None
-        """Set by a bus: takes a message carrying an in-process hand-over
-        (`Message.local`) with this client's subscription ids, without a copy."""
+        self.on_local: LocalCallback | None = None
+        """Set by a bus: takes an in-process hand-over (`publish_local`, or a
+        message's `Message.local`) with this client's subscription ids, without a copy."""
         self._backlog: deque[Message] = deque()
         self._paused = False
         self._resumed = asyncio.Event()
@@ -120,6 +121,7 @@ class MemoryTransport:
         self._subscriptions.clear()
         self._matched.clear()
         self._backlog.clear()
+        self._paused = False  # a publisher waiting for room here goes on (else it spins)
         self._resumed.set()
 
     def _require_connected(self) -> None:
@@ -132,6 +134,24 @@ class MemoryTransport:
             check_topic(message.topic)
         for client in self._broker.route(message):
             await client.wait_for_room()
+
+    def publish_local(self, local: LocalMessage) -> Awaitable[None] | None:
+        """Publish an event handed over in-process (`voicebus.wire.handover`) without
+        making its MQTT message: a receiver that cannot take the hand-over now (paused,
+        behind a backlog, no `on_local`) or a shared subscription gets
+        `local.message()`, made then (once). None when no receiver is paused now,
+        else an awaitable that waits for room like `publish` (`InProcessTransport`)."""
+        if self._on_message is None:
+            self._require_connected()
+        broker = self._broker
+        if broker.shared:
+            shared = broker.route(local.message())
+            return _wait_for_room(shared) if shared else None
+        paused: list[MemoryTransport] | None = None
+        for client in broker.clients:
+            if client.deliver_local(local):
+                paused = [client] if paused is None else [*paused, client]
+        return None if paused is None else _wait_for_room(paused)
 
     async def subscribe(self, topic_filter: str, subscription_id: int, qos: int = 1) -> None:
         self._require_connected()
@@ -183,12 +203,35 @@ class MemoryTransport:
             return False
         on_local = self.on_local
         # A hand-over goes straight in, unless paused or behind a backlog (then in turn).
-        local = message.local is not None and not (message.retain or self._paused)
-        if on_local is not None and local and not self._backlog:
-            on_local(message, ids)
+        local = message.local
+        if on_local is not None and local is not None and not message.retain and self._ready:
+            on_local(cast(LocalMessage, local), ids)
             return self._paused  # the receiver's queue may have filled up
         self._push(_copy(message, ids, retain=False))
         return self._paused
+
+    def deliver_local(self, local: LocalMessage) -> bool:
+        """`deliver` for a hand-over (`publish_local`): its message made only if this
+        client cannot take the hand-over now. True when it is paused."""
+        if self._on_message is None:
+            return False
+        topic = local.topic
+        ids = self._matched.get(topic)
+        if ids is None:
+            ids = self._subscription_ids(topic)
+        if not ids:
+            return False
+        on_local = self.on_local
+        if on_local is not None and not (self._paused or self._backlog):
+            on_local(local, ids)
+        else:
+            self._push(_copy(local.message(), ids, retain=False))
+        return self._paused
+
+    @property
+    def _ready(self) -> bool:
+        """Takes a hand-over at once: not paused, no backlog to go first."""
+        return not (self._paused or self._backlog)
 
     def _push(self, message: Message) -> None:
         if self._paused or self._backlog:
@@ -217,6 +260,11 @@ class MemoryTransport:
         """Wait while this client is paused, unless called from its own dispatcher."""
         while self._paused and CONSUMER.get() is not self:
             await self._resumed.wait()
+
+
+async def _wait_for_room(clients: list[MemoryTransport]) -> None:
+    for client in clients:
+        await client.wait_for_room()
 
 
 def _plain(topic_filter: str) -> str:

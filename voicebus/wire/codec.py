@@ -43,7 +43,11 @@ from ..errors import DecodeError, PayloadValidationError
 from .binary import JSON, WAV, wav_problem
 from .correlation import correlation_bytes as correlation_bytes  # re-exported: the
 from .correlation import correlation_text as correlation_text  # codec's public pair
+from .envelope import PARENT as PARENT  # re-exported: the codec names its properties
+from .envelope import expires_at, properties, to_message
 from .events import Event
+from .fastdump import ATOMS as _ATOMS
+from .fastdump import wire_validator
 from .message import Message
 from .models import Payload
 from .routes import ROUTES, Route, RouteTable
@@ -53,8 +57,6 @@ from .topics import check_topic
 CONTENT_TYPE = JSON
 _SHORT_ENOUGH = MAX_STRING_BYTES // 4  # code points that fit an MQTT string however they encode
 
-PARENT = "parent"
-"""The user property carrying `Event.parent_id`."""
 BAD_TIME = "voicebus.bad_time"
 """The `Event.metadata` key noting a ``time`` property that was refused (see above)."""
 MAX_TIME = 253402300799.0
@@ -130,13 +132,45 @@ def encode(
     `strings`): the topic's parameters and length (`TopicError`), the user
     properties and the correlation id (`PayloadValidationError` naming the field).
     """
+    event, payload, metadata_text, _ = prepare(
+        route, data, event_id, source, correlation_id, metadata, parent_id
+    )
+    return event, to_message(route, event, payload, metadata_text, expires_at(route, ttl))
+
+
+def prepare(
+    route: Route,
+    data: Mapping[str, Any] | Payload,
+    event_id: str,
+    source: str | None,
+    correlation_id: str | None,
+    metadata: Mapping[str, Any] | None,
+    parent_id: str | None,
+) -> tuple[Event, bytes, str | None, bool]:
+    """`encode` up to the MQTT message: validate, check every envelope string, encode
+    the payload. The event, its payload bytes, its ``metadata`` property text (None
+    without metadata; `to_message` makes the message of them when needed) and
+    whether its data is known to hold JSON atoms only (`fastdump.ATOMS`)."""
     session = route.session and correlation_id is not None
     if session and isinstance(data, Mapping) and _no_session(data):
         data = {**data, "sessionId": correlation_id}  # before validation: it may be required
-    wire = validate_payload(route, data)
+    fast = wire_validator(route.model) if type(data) is dict else None
+    if fast is not None:  # a simple model: straight into wire keys (see `fastdump`)
+        try:
+            wire = fast.validate_python(data)
+        except pydantic.ValidationError as exc:
+            raise _payload_error(route.event_type, exc) from None
+        # Fields are scalars; an extra key may hold a container (the dump copies it).
+        atoms = fast.keys.issuperset(wire) or _ATOMS.issuperset(map(type, wire.values()))
+        if not atoms:
+            wire = validate_payload(route, data)
+        elif None in wire.values():
+            wire = {k: v for k, v in wire.items() if v is not None}  # `exclude_none`
+    else:
+        wire = validate_payload(route, data)
+        atoms = False  # not known
     if session and wire.get("sessionId") is None:  # a model instance without one
         wire["sessionId"] = correlation_id
-    topic = route.topic(wire)
     timestamp = time.time()
     event = Event(
         route.event_type,
@@ -146,30 +180,24 @@ def encode(
         timestamp,
         correlation_id,
         dict(metadata) if metadata else {},
-        topic,
+        route.topic(wire),
         parent_id,
     )
-    type_value = route.event_type._value_
-    if type(type_value) is not str:  # a user's Enum of numbers
-        type_value = str(type_value)
-    time_text = repr(timestamp)
-    props: list[tuple[str, str]] = [("id", event_id), ("type", type_value), ("time", time_text)]
-    envelope = event_id + type_value + time_text
+    envelope = event_id + route.type_text  # the time property is always a valid string
     if source:
-        props.append(("source", source))
         envelope += source
     if parent_id:
-        props.append((PARENT, parent_id))
         envelope += parent_id
+    metadata_text = None
     if metadata:
         metadata_text = _metadata_json(route, metadata)
-        props.append(("metadata", metadata_text))
         envelope += metadata_text
     if correlation_id is not None:
         envelope += correlation_id
     # One scan for the common case: printable (see `strings.mqtt_string_problem`) and
     # short enough that no value can be over the limit. Else each value is checked.
     if not envelope.isprintable() or len(envelope) > _SHORT_ENOUGH:
+        props = properties(route, event, metadata_text)
         _check_envelope(route, props, correlation_id, metadata)
     body = route.body
     if body is not None:  # a binary route: the bytes are the payload
@@ -181,22 +209,7 @@ def encode(
             payload = to_json(wire)
         except PydanticSerializationError as exc:
             raise _unencodable(route, wire, exc) from None
-    message = Message(
-        topic,
-        payload,
-        route.qos,
-        route.retain,
-        correlation_bytes(correlation_id) if correlation_id is not None else None,
-        tuple(props),
-        route.content_type,
-        (),
-        True,
-    )
-    if ttl is None:
-        ttl = route.ttl
-    if ttl is not None and ttl != math.inf:
-        message.expires = time.monotonic() + ttl
-    return event, message
+    return event, payload, metadata_text, atoms
 
 
 def _no_session(data: Mapping[str, Any]) -> bool:

@@ -2,8 +2,8 @@
 buses of this process without the JSON round trip (encode, parse, look up the
 route, read the envelope) that MQTT needs.
 
-The emitting bus attaches a `Handover` to its encoded `Message` (`Message.local`)
-when the payload survives JSON unchanged (`plain`): strings, integers, floats,
+The emitting bus publishes a `Handover` (`MemoryTransport.publish_local`) when
+the payload survives JSON unchanged (`plain`): strings, integers, floats,
 booleans, None, and dicts and lists of them; not on a binary route or one
 with topic-only keys, whose received data is rebuilt from the topic. Each receiver
 then builds its `Event` with `received`: the same values an MQTT receiver decodes
@@ -11,42 +11,91 @@ then builds its `Event` with `received`: the same values an MQTT receiver decode
 the payload's ``sessionId``). The data is frozen once, at emit (`freeze`: a copy,
 so what the sender does to its own event reaches nobody), and shared by every
 receiving bus: a received event is read-only (see `Event`). The payload was
-validated by `codec.encode`; the encoded bytes still travel beside it (size
-limit, retained messages, tools that read raw messages, and a bus with another
-route table, which decodes them as over MQTT).
+validated by `codec.prepare`, which encoded its bytes too: they travel beside it
+(a receiver's size limit). The MQTT message (user properties, correlation data)
+is made only for a receiver that takes messages (`Handover.message`: a paused
+one, a shared subscription, a bus with another route table, which decodes it as
+over MQTT); a retained event is never handed over (it is kept as a message).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from .envelope import to_message
 from .events import FROZEN_EMPTY, Event, FrozenDict, ReadOnlyEvent, freeze, thaw
+from .fastdump import ATOMS
+from .message import Message
 from .routes import Route
 
-_ATOMS = frozenset({str, int, float, bool, type(None)})  # pydantic-core JSON keeps inf, nan
+_ATOMS = ATOMS  # pydantic-core JSON keeps inf, nan
 
 
 class Handover:
-    """The sender's event, its data frozen, and who sent it (the emitting bus's token)."""
+    """The sender's event, its data frozen, who sent it (the emitting bus's token),
+    and what its MQTT message is made of (`message`, built when first needed)."""
 
-    __slots__ = ("data", "event", "metadata", "routes", "sender")
+    __slots__ = (
+        "_message", "data", "event", "expires", "metadata", "metadata_text", "payload",
+        "route", "routes", "sender", "topic",
+    )  # fmt: skip
 
-    def __init__(self, event: Event, sender: object, data: FrozenDict, routes: object) -> None:
+    def __init__(
+        self,
+        route: Route,
+        event: Event,
+        payload: bytes,
+        metadata_text: str | None,
+        expires: float | None,
+        sender: object,
+        data: FrozenDict,
+        routes: object,
+    ) -> None:
+        self.route = route
         self.event = event
+        self.topic = event.topic
+        self.payload = payload
+        """The encoded payload (its size is checked against a receiver's limit)."""
+        self.metadata_text = metadata_text
+        self.expires = expires
         self.sender = sender
         self.data = data
         self.routes = routes
         """The sender's route table: a bus with another one decodes the bytes."""
         metadata = event.metadata
         self.metadata = freeze(metadata) if metadata else FROZEN_EMPTY
+        self._message: Message | None = None
+
+    def message(self) -> Message:
+        """The MQTT message of the event, carrying this hand-over (`Message.local`):
+        for a receiver that takes messages, not hand-overs (paused, a backlog, a
+        shared subscription). Made once, while the emit that made this runs."""
+        message = self._message
+        if message is None:
+            event = self.event
+            message = to_message(self.route, event, self.payload, self.metadata_text, self.expires)
+            message.local = self
+            self._message = message
+        return message
 
 
-def hand_over(route: Route, event: Event, sender: object, routes: object) -> Handover | None:
-    """A `Handover` for `event`, or None when a receiver must decode the bytes."""
-    if route.body is not None or route.topic_only:
+def hand_over(
+    route: Route,
+    event: Event,
+    payload: bytes,
+    metadata_text: str | None,
+    expires: float | None,
+    sender: object,
+    routes: object,
+    atoms: bool = False,
+) -> Handover | None:
+    """A `Handover` for `event` (`codec.prepare` made it, `payload`,
+    `metadata_text` and `atoms`, its data known to be JSON atoms only, with it),
+    or None when a receiver must decode the bytes."""
+    if route.body is not None or route.topic_only or route.retain:
         return None
     data = event.data
-    if _ATOMS.issuperset(map(type, data.values())):
+    if atoms or _ATOMS.issuperset(map(type, data.values())):
         frozen = FrozenDict(data)
     elif _plain(data):
         frozen = freeze(data)
@@ -54,7 +103,7 @@ def hand_over(route: Route, event: Event, sender: object, routes: object) -> Han
         return None
     if event.metadata and not _plain(event.metadata):
         return None
-    return Handover(event, sender, frozen, routes)
+    return Handover(route, event, payload, metadata_text, expires, sender, frozen, routes)
 
 
 def received(handover: Handover, middleware: bool) -> Event:

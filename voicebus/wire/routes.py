@@ -59,6 +59,8 @@ class Route:
     body: str | None = None
     content_type: str = JSON
     session: bool = field(init=False, repr=False, compare=False)
+    type_text: str = field(init=False, repr=False, compare=False)
+    """The ``type`` user property: the event type's value as text."""
 
     def __post_init__(self) -> None:
         fields = self.model.model_fields
@@ -66,6 +68,7 @@ class Route:
             info.alias == "sessionId" for info in fields.values()
         )
         object.__setattr__(self, "session", self.body is None and has_session)
+        object.__setattr__(self, "type_text", str(self.event_type.value))
 
     @property
     def binary(self) -> bool:
