@@ -3,6 +3,7 @@
 aiomqtt owns the connection (connect, TLS, socket integration with asyncio,
 keepalive, disconnect). On its paho client we take over:
 
+- the socket's place in the event loop: `sockets.py`;
 - received PUBLISH packets: the receive path, `receiver.py`;
 - PUBACKs: they complete the futures the transport registered in flight;
 - CONNACK: session present and the broker's Maximum Packet Size go to the transport;
@@ -42,6 +43,7 @@ from .paho_internals import (
     take_over_pubacks,
 )
 from .receiver import Acks, Receiver
+from .sockets import watch_socket
 
 log = logging.getLogger("voicebus.mqtt")
 
@@ -127,6 +129,7 @@ def install(
     `receiver`.
     """
     paho = paho_client(client)
+    watch_socket(client)
     acks = receiver.attach(paho)
     aiomqtt_on_publish: Any = paho.on_publish
     aiomqtt_on_connect: Any = paho.on_connect
@@ -236,7 +239,7 @@ def read_all(client: aiomqtt.Client, acks: Acks) -> None:
         if reads.left_over() and not again and not lost.done():  # read, not handled: no wake-up
             again.append(loop.call_soon(on_readable))
 
-    loop.add_reader(sock.fileno(), on_readable)
+    loop.add_reader(sock, on_readable)  # (replaces `sockets.watch_socket`'s reader)
 
 
 def _set_result(fut: asyncio.Future[str], value: str) -> None:

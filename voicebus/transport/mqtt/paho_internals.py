@@ -41,8 +41,10 @@ aiomqtt (`aiomqtt.Client`)
 - ``_client`` (`paho_client`): its paho client, which has no public accessor; we
   install the patches and callbacks above on it and publish on it directly
   (our own packets and PUBACK futures: aiomqtt's awaited publish costs an Event,
-  a task and a thread-safe wake-up per message). Its socket's readable callback
-  is replaced with ours through the public ``loop.add_reader`` (`link.read_all`).
+  a task and a thread-safe wake-up per message). Its socket callbacks are replaced
+  through paho's public ``on_socket_*`` (`sockets.py`: aiomqtt's deferred
+  ``add_writer`` can outlive the socket), its readable callback through the public
+  ``loop.add_reader`` (`link.read_all`).
 - ``_disconnected`` (`link_lost`, `end_link`): the future that completes when the
   link drops. aiomqtt only reports a loss to a call waiting on it, after that
   call's timeout; we wake on it at once (requeue what is in flight, reconnect).
