@@ -40,7 +40,7 @@ import peers_memory as mem
 import peers_mqtt as mq
 import scaling
 from common import Throughput, register_routes
-from report import Results, print_done_when, print_results, print_scaling
+from report import Results, print_done_when, print_results, print_scaling, scale_key
 
 import voicebus
 
@@ -154,20 +154,23 @@ def one_round(args: argparse.Namespace, results: Results, port: int, url: str) -
 SCALES = {"topics": (1, 10, 100, 1000), "filters": (1, 10, 100), "handlers": (1, 10, 100)}
 
 
-def run_scaling(args: argparse.Namespace, url: str) -> dict[tuple[str, str, int], float]:
-    print(f"scaling: {args.scale_count} events per cell; {load()}", flush=True)
-    cells: dict[tuple[str, str, int], float] = {}
+def run_scaling(args: argparse.Namespace, url: str, results: Results, index: int) -> None:
+    """One round of the scaling table: every cell once, into `results` (`scale_key`)."""
+    print(
+        f"scaling round {index + 1}/{args.repeat}: {args.scale_count} events per cell; {load()}",
+        flush=True,
+    )
     for kind, values in SCALES.items():
         for k in values:
             for transport, bus_url in (("memory://", "memory://scale"), ("MQTT", url)):
                 result = asyncio.run(scaling.scaled(bus_url, args.scale_count, kind, k))
-                cells[transport, kind, k] = result.cpu_us if not result.lost else float("nan")
+                value = result.cpu_us if not result.lost else float("nan")
+                results.add(scale_key(transport, kind, k), value)
                 note = f"  LOST {result.lost} of {result.sent}" if result.lost else ""
                 print(
                     f"  {transport:<9} {kind:<8} {k:>5}: {result.cpu_us:8.1f} µs CPU/event{note}",
                     flush=True,
                 )
-    return cells
 
 
 def rss_in_fresh_process(total: int) -> tuple[float, float, float]:
@@ -224,15 +227,17 @@ def main() -> int:
             for index in range(args.repeat):
                 print(f"round {index + 1}/{args.repeat}; {load()}", flush=True)
                 one_round(args, results, port, url)
-            cells = run_scaling(args, url) if "scaling" in args.only else {}
+            if "scaling" in args.only:  # its cells interleaved: each round has them all
+                for index in range(args.repeat):
+                    run_scaling(args, url, results, index)
             first = max(args.rss_events // 10, 1)
             rss = (float("nan"),) * 3
             if "rss" in args.only:
                 print(f"RSS: {args.rss_events:,} memory:// events; {load()}", flush=True)
                 rss = rss_in_fresh_process(args.rss_events)
             print_results(results)
-            print_scaling(cells, SCALES)
-            print_done_when(results, cells, rss, first, args.rss_events, load())
+            print_scaling(results, SCALES)
+            print_done_when(results, rss, first, args.rss_events, load())
             if args.profile:
                 profile("voicebus e2e QoS 1", mq.voicebus_e2e(url, 1, args.count, 0), 25)
                 profile("voicebus memory://", mem.voicebus_memory(args.memory_count), 25)

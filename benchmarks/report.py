@@ -139,33 +139,34 @@ def print_results(res: Results) -> None:
         print(f"  {key}: {why}")
 
 
-def print_scaling(
-    cells: dict[tuple[str, str, int], float], scales: dict[str, tuple[int, ...]]
-) -> None:
-    print("\nscaling: CPU µs per event (this process; sender and receiver buses)")
+def scale_key(transport: str, kind: str, k: int) -> str:
+    """The `Results` key of a scaling cell (its CPU µs per event, one per round)."""
+    return f"scale {transport} {kind} {k}"
+
+
+def print_scaling(res: Results, scales: dict[str, tuple[int, ...]]) -> None:
+    print("\nscaling: CPU µs per event (this process; sender and receiver buses), median")
     rows = []
     for kind, values in scales.items():
         for k in values:
-            mem, mqtt = (
-                cells.get(("memory://", kind, k), float("nan")),
-                cells.get(("MQTT", kind, k), float("nan")),
-            )
-            base_mem, base_mqtt = cells.get(("memory://", kind, 1)), cells.get(("MQTT", kind, 1))
-            rows.append(
-                (
-                    f"{kind} {k}",
-                    _fmt(mem, 1),
-                    _fmt(mem / base_mem, 2) if base_mem else "-",
-                    _fmt(mqtt, 1),
-                    _fmt(mqtt / base_mqtt, 2) if base_mqtt else "-",
+            row = [f"{kind} {k}"]
+            for transport in ("memory://", "MQTT"):
+                cell = _median(res.values(scale_key(transport, kind, k), float))
+                ratio, _ = res.ratio(
+                    scale_key(transport, kind, k), scale_key(transport, kind, 1), float
                 )
-            )
+                row += [_fmt(cell, 1), _fmt(ratio, 2)]
+            rows.append(tuple(row))
     _table(("cell", "memory://", "x of 1", "MQTT QoS 0", "x of 1"), rows)
+
+
+def _median(values: list[float]) -> float:
+    values = [v for v in values if v == v]
+    return statistics.median(values) if values else float("nan")
 
 
 def print_done_when(
     res: Results,
-    cells: dict[tuple[str, str, int], float],
     rss: tuple[float, float, float],
     first: int,
     total: int,
@@ -199,13 +200,8 @@ def print_done_when(
         for name, pick in (("p50", p50), ("p99", p99)):
             value, s = res.ratio(f"voicebus rtt q{qos}", f"paho rtt q{qos}", pick)
             check(f"round trip {name} QoS {qos} / paho", value, 1.0, False, s)
-    one, hundred = cells.get(("MQTT", "filters", 1)), cells.get(("MQTT", "filters", 100))
-    check(
-        "MQTT CPU/event, 100 matching filters / 1",
-        hundred / one if one and hundred else float("nan"),
-        1.5,
-        False,
-    )
+    value, s = res.ratio(scale_key("MQTT", "filters", 100), scale_key("MQTT", "filters", 1), float)
+    check("MQTT CPU/event, 100 matching filters / 1", value, 1.5, False, s)
     before, after_first, after_all = rss
     if before != before:  # not measured (--only)
         rows.append((f"RSS after {total:,} - after {first:,} memory:// events", "-", "", "", ""))

@@ -249,22 +249,26 @@ class Dispatcher:
         # dozen nanoseconds, count towards it).
         begin = perf()
         for sub in registry.matching(event.topic):
-            if not sub.active:
-                continue
-            if sub.group is not None:
-                if registry.subscription_id(sub.broker_filter) not in sids:
+            if sub.plain:  # active; no group, filter or once: one check for the common case
+                if group_copy:
                     continue
-            elif group_copy:
+            elif not sub.active:
                 continue
-            if sub.filter_func is not None:
-                try:
-                    if not sub.filter_func(event):
+            else:
+                if sub.group is not None:
+                    if registry.subscription_id(sub.broker_filter) not in sids:
                         continue
-                except BaseException as exc:
-                    self._failed(event, sub.name, exc, sub.component)
+                elif group_copy:
                     continue
-            if sub.once:  # removed before it runs, so it runs once
-                self._remove(sub)
+                if sub.filter_func is not None:
+                    try:
+                        if not sub.filter_func(event):
+                            continue
+                    except BaseException as exc:
+                        self._failed(event, sub.name, exc, sub.component)
+                        continue
+                if sub.once:  # removed before it runs, so it runs once
+                    self._remove(sub)
             stats = sub.stats or self._stats_for(sub)
             try:
                 result = sub.handler(event)
@@ -284,8 +288,12 @@ class Dispatcher:
                     stats.call_count += 1
                     stats.total_duration += perf() - begin
                     break  # its correlation id was cancelled: no more handlers for it
-            else:
-                if self._interrupt is not None and self._interrupted(event, sub, None, stats):
+            else:  # (only an awaited handler can be interrupted: `result` is not None)
+                if (
+                    result is not None
+                    and self._interrupt is not None
+                    and self._interrupted(event, sub, None, stats)
+                ):
                     stats.call_count += 1
                     stats.total_duration += perf() - begin
                     break

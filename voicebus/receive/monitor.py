@@ -12,7 +12,7 @@ from typing import Any
 from ..wire.events import Event
 
 
-@dataclass
+@dataclass(slots=True)
 class HandlerStats:
     """Calls, errors and time spent in one subscription's handler."""
 

@@ -48,6 +48,10 @@ class Subscription:
     name: str = field(default="")
     stats: HandlerStats | None = field(default=None, repr=False)
 
+    plain: bool = field(default=False, repr=False)
+    """Active, with no group, ``filter_func`` or ``once``: dispatch checks nothing
+    else (kept by the registry: `SubscriptionRegistry.add` and `remove`)."""
+
     def __post_init__(self) -> None:
         if not self.name:
             self.name = handler_name(self.handler)
@@ -87,6 +91,7 @@ class SubscriptionRegistry:
         """Add `sub`; True when its broker filter is new (needs SUBSCRIBE)."""
         check_filter(sub.topic_filter)
         sub.seq = next(self._seq)
+        sub.plain = sub.active and sub.group is None and sub.filter_func is None and not sub.once
         self._subs.append(sub)
         self._by_topic.clear()
         return self.acquire(sub.broker_filter)
@@ -95,7 +100,7 @@ class SubscriptionRegistry:
         """Remove `sub`; True when its broker filter has no users left (UNSUBSCRIBE)."""
         if not sub.active:
             return False
-        sub.active = False
+        sub.active = sub.plain = False
         self._subs.remove(sub)
         self._by_topic.clear()
         return self.release(sub.broker_filter)
