@@ -246,8 +246,10 @@ class Dispatcher:
         group_copy = bool(self.group_sids) and self.is_group_copy(sids)
         # One clock reading per handler: each handler's time runs from the end of
         # the previous one (the checks of skipped subscriptions in between, a few
-        # dozen nanoseconds, count towards it).
-        begin = perf()
+        # dozen nanoseconds, count towards it). A reading costs ~80 ns here: none
+        # is taken twice for the same moment.
+        begin = perf() if self.pre else started
+        cancelled = False
         for sub in registry.matching(event.topic):
             if sub.plain:  # active; no group, filter or once: one check for the common case
                 if group_copy:
@@ -284,28 +286,24 @@ class Dispatcher:
                 if self._interrupt is None:
                     self._failed(event, sub.name, exc, sub.component)  # or re-raised
                     stats.error_count += 1
-                elif self._interrupted(event, sub, exc, stats):
-                    stats.call_count += 1
-                    stats.total_duration += perf() - begin
-                    break  # its correlation id was cancelled: no more handlers for it
+                else:  # True: its correlation id was cancelled, no more handlers for it
+                    cancelled = self._interrupted(event, sub, exc, stats)
             else:  # (only an awaited handler can be interrupted: `result` is not None)
-                if (
-                    result is not None
-                    and self._interrupt is not None
-                    and self._interrupted(event, sub, None, stats)
-                ):
-                    stats.call_count += 1
-                    stats.total_duration += perf() - begin
-                    break
+                if result is not None and self._interrupt is not None:
+                    cancelled = self._interrupted(event, sub, None, stats)
             stats.call_count += 1
             end = perf()
             stats.total_duration += end - begin
             begin = end
-        for middleware in self.post:
-            await self._run_middleware(middleware, event)
+            if cancelled:
+                break
+        if self.post:
+            for middleware in self.post:
+                await self._run_middleware(middleware, event)
+            begin = perf()
         monitor = self._monitor
         monitor.processed += 1
-        monitor.processing_time += perf() - started
+        monitor.processing_time += begin - started
         if not own:  # emitted here: counted by emit
             monitor.record(event)
 
