@@ -198,11 +198,10 @@ class EventBus:
     ) -> Subscription:
         """Call `handler` for every event of `event_type` (or on an MQTT filter).
 
-        Higher `priority` runs first; `filter_func` skips events; `group` shares the
-        work between instances (MQTT 5 shared subscription); an async handler still
-        running `timeout` seconds into an event is cancelled and recorded as a
-        dead letter ``handler_timeout`` (plus ERROR_OCCURRED). Returns a handle for
-        `unsubscribe`.
+        Higher `priority` runs first; `filter_func` skips events; `group` shares the work
+        between instances (MQTT 5 shared subscription); an async handler still running
+        `timeout` seconds into an event is cancelled and recorded as a dead letter
+        ``handler_timeout`` (plus ERROR_OCCURRED). Returns a handle for `unsubscribe`.
 
         Whatever `handler` or `filter_func` raises, ``asyncio.CancelledError`` and
         ``GeneratorExit`` included, is recorded as a dead letter plus ERROR_OCCURRED
@@ -317,6 +316,7 @@ class EventBus:
             correlation_id,
             metadata,
             parent.id if parent is not None else None,
+            id_checked=True,
         )
         local = None
         if self._in_process:  # receivers here skip the JSON and the MQTT message

@@ -56,6 +56,9 @@ from .topics import check_topic
 
 CONTENT_TYPE = JSON
 _SHORT_ENOUGH = MAX_STRING_BYTES // 4  # code points that fit an MQTT string however they encode
+_KNOWN_VALID: set[str] = set()
+"""Event type texts and sources found to be valid MQTT strings (few, repeated)."""
+_KNOWN_MAX = 4096
 
 BAD_TIME = "voicebus.bad_time"
 """The `Event.metadata` key noting a ``time`` property that was refused (see above)."""
@@ -146,11 +149,14 @@ def prepare(
     correlation_id: str | None,
     metadata: Mapping[str, Any] | None,
     parent_id: str | None,
+    *,
+    id_checked: bool = False,
 ) -> tuple[Event, bytes, str | None, bool]:
     """`encode` up to the MQTT message: validate, check every envelope string, encode
     the payload. The event, its payload bytes, its ``metadata`` property text (None
     without metadata; `to_message` makes the message of them when needed) and
-    whether its data is known to hold JSON atoms only (`fastdump.ATOMS`)."""
+    whether its data is known to hold JSON atoms only (`fastdump.ATOMS`).
+    `id_checked`: `event_id` is known to be a valid MQTT string (a bus's own)."""
     session = route.session and correlation_id is not None
     if session and isinstance(data, Mapping) and _no_session(data):
         data = {**data, "sessionId": correlation_id}  # before validation: it may be required
@@ -161,10 +167,11 @@ def prepare(
         except pydantic.ValidationError as exc:
             raise _payload_error(route.event_type, exc) from None
         # Fields are scalars; an extra key may hold a container (the dump copies it).
-        atoms = fast.keys.issuperset(wire) or _ATOMS.issuperset(map(type, wire.values()))
+        no_extras = fast.keys.issuperset(wire)
+        atoms = no_extras or _ATOMS.issuperset(map(type, wire.values()))
         if not atoms:
             wire = validate_payload(route, data)
-        elif None in wire.values():
+        elif (fast.nullable or not no_extras) and None in wire.values():
             wire = {k: v for k, v in wire.items() if v is not None}  # `exclude_none`
     else:
         wire = validate_payload(route, data)
@@ -183,9 +190,18 @@ def prepare(
         route.topic(wire),
         parent_id,
     )
-    envelope = event_id + route.type_text  # the time property is always a valid string
-    if source:
+    # The time property is always a valid string; the bus's own ids (`id_checked`),
+    # and event types and sources found valid before (`_KNOWN_VALID`), need no scan.
+    envelope = "" if id_checked else event_id
+    known = _KNOWN_VALID
+    type_text = route.type_text
+    learn = False
+    if type_text not in known:
+        envelope += type_text
+        learn = True
+    if source and source not in known:
         envelope += source
+        learn = True
     if parent_id:
         envelope += parent_id
     metadata_text = None
@@ -196,9 +212,13 @@ def prepare(
         envelope += correlation_id
     # One scan for the common case: printable (see `strings.mqtt_string_problem`) and
     # short enough that no value can be over the limit. Else each value is checked.
-    if not envelope.isprintable() or len(envelope) > _SHORT_ENOUGH:
+    if envelope and (not envelope.isprintable() or len(envelope) > _SHORT_ENOUGH):
         props = properties(route, event, metadata_text)
         _check_envelope(route, props, correlation_id, metadata)
+    if learn and len(known) < _KNOWN_MAX:  # valid: they passed
+        known.add(type_text)
+        if source:
+            known.add(source)
     body = route.body
     if body is not None:  # a binary route: the bytes are the payload
         payload: bytes = wire[body]

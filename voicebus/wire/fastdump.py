@@ -28,14 +28,18 @@ ATOMS = frozenset({str, int, float, bool, type(None)})
 
 
 class WireValidator:
-    """`validate_python` (the typed-dict validator) and `keys`: the wire names of
-    the model's fields (an output key not among them is an extra key)."""
+    """`validate_python` (the typed-dict validator), `keys`: the wire names of the
+    model's fields (an output key not among them is an extra key), and `nullable`:
+    those of the fields that may hold None."""
 
-    __slots__ = ("keys", "validate_python")
+    __slots__ = ("keys", "nullable", "validate_python")
 
-    def __init__(self, validator: SchemaValidator, keys: frozenset[str]) -> None:
+    def __init__(
+        self, validator: SchemaValidator, keys: frozenset[str], nullable: tuple[str, ...] = ()
+    ) -> None:
         self.validate_python = validator.validate_python
         self.keys = keys
+        self.nullable = nullable
 
 
 _CACHE: dict[type[BaseModel], WireValidator | None] = {}
@@ -99,7 +103,8 @@ def _build(model: type[BaseModel]) -> WireValidator | None:
         "extra_behavior": config.get("extra_fields_behavior", "ignore"),
         "total": False,
     }
-    return WireValidator(SchemaValidator(typed), frozenset(fields))
+    nullable = tuple(k for k, f in fields.items() if _may_be_none(f["schema"]))
+    return WireValidator(SchemaValidator(typed), frozenset(fields), nullable)
 
 
 _MODEL_KEYS = frozenset(
@@ -136,6 +141,13 @@ def _plain_field(schema: dict[str, Any]) -> tuple[dict[str, Any], bool] | None:
 
 
 _PY_SCALARS = frozenset({str, int, float, bool})
+
+
+def _may_be_none(schema: dict[str, Any]) -> bool:
+    """A field of `schema` (a `_plain_field` one) may be given as None."""
+    if schema.get("type") == "default":
+        schema = schema["schema"]
+    return schema.get("type") == "nullable"
 
 
 def _scalar(schema: dict[str, Any]) -> bool:
