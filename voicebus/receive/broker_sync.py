@@ -31,16 +31,14 @@ class BrokerFilters:
         self._registry = registry
         self.transport: Transport | None = None
         self._chain: asyncio.Future[Any] | None = None
+        self.pending = False
+        """True while some (un)subscribe may not be acknowledged yet (checked per emit)."""
         self._lingering: OrderedDict[str, None] = OrderedDict()
-
-    @property
-    def pending(self) -> bool:
-        """True while some (un)subscribe may not be acknowledged yet."""
-        return self._chain is not None
 
     def reset(self) -> None:
         self.transport = None
         self._chain = None
+        self.pending = False
 
     async def subscribe_all(self) -> None:
         """Subscribe every filter the registry has (at start)."""
@@ -100,6 +98,7 @@ class BrokerFilters:
 
         task = asyncio.ensure_future(step())
         self._chain = task
+        self.pending = True
         task.add_done_callback(_log_failure)
 
     async def settle(self) -> None:
@@ -109,6 +108,7 @@ class BrokerFilters:
             await asyncio.gather(chain, return_exceptions=True)
             if self._chain is chain:
                 self._chain = None
+                self.pending = False
 
 
 async def _nothing() -> None:

@@ -250,7 +250,8 @@ class Dispatcher:
         # is taken twice for the same moment.
         begin = perf() if self.pre else started
         cancelled = False
-        for sub in registry.matching(event.topic):
+        subs = registry.by_topic.get(event.topic)
+        for sub in subs if subs is not None else registry.matching(event.topic):
             if sub.plain:  # active; no group, filter or once: one check for the common case
                 if group_copy:
                     continue

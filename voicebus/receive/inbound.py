@@ -155,7 +155,7 @@ class Inbound:
                     cancels.on_event(event)
                 elif cancels.ids.until and event.correlation_id and cancels.drops(event):
                     return False
-            if len(self._waiters):
+            if self._waiters.pending:
                 self._waiters.resolve(event)
         dispatcher.enqueue(event, sids, ack, own)
         return True

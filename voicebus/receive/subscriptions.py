@@ -79,9 +79,10 @@ class SubscriptionRegistry:
         self._subs: list[Subscription] = []
         self._seq = itertools.count()
         self._ids = itertools.count(1)
-        self._by_topic: TopicCache[list[Subscription]] = TopicCache()
-        """Topic -> matching subscriptions; worst case ~2 MiB (`TopicCache`) plus a
-        list of the subscriptions per entry."""
+        self.by_topic: TopicCache[list[Subscription]] = TopicCache()
+        """Topic -> matching subscriptions (`matching` fills it; dispatch reads it
+        first); worst case ~2 MiB (`TopicCache`) plus a list of the subscriptions per
+        entry."""
         self.filters: dict[str, FilterRef] = {}
 
     def __len__(self) -> int:
@@ -93,7 +94,7 @@ class SubscriptionRegistry:
         sub.seq = next(self._seq)
         sub.plain = sub.active and sub.group is None and sub.filter_func is None and not sub.once
         self._subs.append(sub)
-        self._by_topic.clear()
+        self.by_topic.clear()
         return self.acquire(sub.broker_filter)
 
     def remove(self, sub: Subscription) -> bool:
@@ -102,7 +103,7 @@ class SubscriptionRegistry:
             return False
         sub.active = sub.plain = False
         self._subs.remove(sub)
-        self._by_topic.clear()
+        self.by_topic.clear()
         return self.release(sub.broker_filter)
 
     def find(self, handler: object) -> list[Subscription]:
@@ -131,9 +132,9 @@ class SubscriptionRegistry:
     def matching(self, topic: str) -> list[Subscription]:
         """Subscriptions whose filter matches `topic`: highest priority first, then
         subscription order."""
-        found = self._by_topic.get(topic)
+        found = self.by_topic.get(topic)
         if found is None:
-            found = self._by_topic.put(
+            found = self.by_topic.put(
                 topic,
                 sorted(
                     (s for s in self._subs if matches(s.topic_filter, topic)),

@@ -33,22 +33,23 @@ class Waiters:
     """The set of pending waiters of one bus."""
 
     def __init__(self) -> None:
-        self._waiters: list[Waiter] = []
+        self.pending: list[Waiter] = []
+        """The waiters, oldest first (empty: nothing to resolve, checked per event)."""
 
     def __len__(self) -> int:
-        return len(self._waiters)
+        return len(self.pending)
 
     def add(self, waiter: Waiter) -> None:
-        self._waiters.append(waiter)
+        self.pending.append(waiter)
 
     def discard(self, waiter: Waiter) -> None:
-        if waiter in self._waiters:
-            self._waiters.remove(waiter)
+        if waiter in self.pending:
+            self.pending.remove(waiter)
 
     def fail(self, correlation_id: str, error: Callable[[], BaseException]) -> int:
         """Fail every pending waiter on `correlation_id` with `error()`; how many."""
         failed = 0
-        for waiter in self._waiters:
+        for waiter in self.pending:
             if waiter.correlation_id == correlation_id and not waiter.future.done():
                 waiter.future.set_exception(error())
                 failed += 1
@@ -56,7 +57,7 @@ class Waiters:
 
     def resolve(self, event: Event) -> None:
         """Complete every waiter that `event` satisfies (each waiter at most once)."""
-        for waiter in self._waiters:
+        for waiter in self.pending:
             if waiter.future.done():
                 continue
             try:

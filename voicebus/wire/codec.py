@@ -45,20 +45,16 @@ from .correlation import correlation_bytes as correlation_bytes  # re-exported: 
 from .correlation import correlation_text as correlation_text  # codec's public pair
 from .envelope import PARENT as PARENT  # re-exported: the codec names its properties
 from .envelope import expires_at, properties, to_message
+from .envelope_checks import KNOWN_MAX, KNOWN_VALID, SHORT_ENOUGH, check_envelope, metadata_json
+from .envelope_checks import check_message as check_message  # re-exported (publish_message)
 from .events import Event
 from .fastdump import ATOMS as _ATOMS
-from .fastdump import wire_validator
+from .fastdump import VALIDATORS, wire_validator
 from .message import Message
 from .models import Payload
 from .routes import ROUTES, Route, RouteTable
-from .strings import MAX_STRING_BYTES, mqtt_string_problem, nested_string_problem, shown
-from .topics import check_topic
 
 CONTENT_TYPE = JSON
-_SHORT_ENOUGH = MAX_STRING_BYTES // 4  # code points that fit an MQTT string however they encode
-_KNOWN_VALID: set[str] = set()
-"""Event type texts and sources found to be valid MQTT strings (few, repeated)."""
-_KNOWN_MAX = 4096
 
 BAD_TIME = "voicebus.bad_time"
 """The `Event.metadata` key noting a ``time`` property that was refused (see above)."""
@@ -160,7 +156,12 @@ def prepare(
     session = route.session and correlation_id is not None
     if session and isinstance(data, Mapping) and _no_session(data):
         data = {**data, "sessionId": correlation_id}  # before validation: it may be required
-    fast = wire_validator(route.model) if type(data) is dict else None
+    fast = None
+    if type(data) is dict:
+        try:
+            fast = VALIDATORS[route.model]
+        except KeyError:  # the model's first dict payload
+            fast = wire_validator(route.model)
     if fast is not None:  # a simple model: straight into wire keys (see `fastdump`)
         try:
             wire = fast.validate_python(data)
@@ -187,13 +188,13 @@ def prepare(
         timestamp,
         correlation_id,
         dict(metadata) if metadata else {},
-        route.topic(wire),
+        route.fixed_topic or route.topic(wire),
         parent_id,
     )
     # The time property is always a valid string; the bus's own ids (`id_checked`),
-    # and event types and sources found valid before (`_KNOWN_VALID`), need no scan.
+    # and event types and sources found valid before (`KNOWN_VALID`), need no scan.
     envelope = "" if id_checked else event_id
-    known = _KNOWN_VALID
+    known = KNOWN_VALID
     type_text = route.type_text
     learn = False
     if type_text not in known:
@@ -206,16 +207,16 @@ def prepare(
         envelope += parent_id
     metadata_text = None
     if metadata:
-        metadata_text = _metadata_json(route, metadata)
+        metadata_text = metadata_json(route, metadata)
         envelope += metadata_text
     if correlation_id is not None:
         envelope += correlation_id
     # One scan for the common case: printable (see `strings.mqtt_string_problem`) and
     # short enough that no value can be over the limit. Else each value is checked.
-    if envelope and (not envelope.isprintable() or len(envelope) > _SHORT_ENOUGH):
+    if envelope and (not envelope.isprintable() or len(envelope) > SHORT_ENOUGH):
         props = properties(route, event, metadata_text)
-        _check_envelope(route, props, correlation_id, metadata)
-    if learn and len(known) < _KNOWN_MAX:  # valid: they passed
+        check_envelope(route, props, correlation_id, metadata)
+    if learn and len(known) < KNOWN_MAX:  # valid: they passed
         known.add(type_text)
         if source:
             known.add(source)
@@ -235,70 +236,6 @@ def prepare(
 def _no_session(data: Mapping[str, Any]) -> bool:
     """`data` sets no session (by wire key or attribute name)."""
     return data.get("sessionId") is None and data.get("session_id") is None
-
-
-def _check_envelope(
-    route: Route,
-    props: list[tuple[str, str]],
-    correlation_id: str | None,
-    metadata: Mapping[str, Any] | None,
-) -> None:
-    """Raise `PayloadValidationError` naming the first envelope value (user property
-    or correlation id) that is not a valid MQTT string."""
-    values = [*props, ("correlation_id", correlation_id)] if correlation_id is not None else props
-    for field, value in values:
-        problem = mqtt_string_problem(value)
-        if problem is None:
-            continue
-        if field == "metadata" and metadata:  # name the key or value if one is to blame
-            _check_metadata_strings(route, metadata)
-        raise PayloadValidationError(
-            str(route.event_type.value), [field], f"{shown(value)} {problem}"
-        )
-
-
-def check_message(message: Message) -> None:
-    """Check the wire strings of a message built by hand (`EventBus.publish_message`):
-    the topic (`TopicError`) and every user-property key and value
-    (`PayloadValidationError`)."""
-    check_topic(message.topic)
-    for index, (key, value) in enumerate(message.user_properties):
-        for part, text in (("key", key), ("value", value)):
-            problem = mqtt_string_problem(text)
-            if problem is not None:
-                raise PayloadValidationError(
-                    "message",
-                    [f"user_properties[{index}].{part}"],
-                    f"{shown(text)} (on topic {shown(message.topic)}) {problem}",
-                )
-
-
-def _metadata_json(route: Route, metadata: Mapping[str, Any]) -> str:
-    """`metadata` as the JSON text of one user property.
-
-    Its strings (keys and values, at any depth) must be MQTT strings themselves,
-    also those JSON would escape (a control character): peers decode them and may
-    send them on (a topic level, a property). Printable JSON text without a
-    backslash holds no such string, and a short one none too long (the common case:
-    no walk through `metadata`).
-    """
-    try:
-        text = to_json(metadata).decode()
-    except PydanticSerializationError as exc:  # e.g. a lone surrogate: named below
-        _check_metadata_strings(route, metadata)
-        raise PayloadValidationError(
-            str(route.event_type.value), ["metadata"], f"not JSON: {exc}"
-        ) from None
-    if "\\" in text or len(text) > _SHORT_ENOUGH:  # what is not printable: by `encode`
-        _check_metadata_strings(route, metadata)
-    return text  # checked with the other user properties
-
-
-def _check_metadata_strings(route: Route, metadata: Mapping[str, Any]) -> None:
-    found = nested_string_problem(metadata, "metadata")
-    if found is not None:
-        where, problem = found
-        raise PayloadValidationError(str(route.event_type.value), [where], problem)
 
 
 def _unencodable(

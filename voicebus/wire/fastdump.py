@@ -42,20 +42,21 @@ class WireValidator:
         self.nullable = nullable
 
 
-_CACHE: dict[type[BaseModel], WireValidator | None] = {}
+VALIDATORS: dict[type[BaseModel], WireValidator | None] = {}
+"""Model -> its `wire_validator` (None: it has none), for each model asked so far."""
 
 
 def wire_validator(model: type[BaseModel]) -> WireValidator | None:
     """The typed-dict validator of `model` (see the module doc), or None."""
     try:
-        return _CACHE[model]
+        return VALIDATORS[model]
     except KeyError:
         pass
     try:
         validator = _build(model)
     except Exception:  # any schema this does not understand: the model's way
         validator = None
-    _CACHE[model] = validator
+    VALIDATORS[model] = validator
     return validator
 
 

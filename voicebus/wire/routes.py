@@ -61,6 +61,8 @@ class Route:
     session: bool = field(init=False, repr=False, compare=False)
     type_text: str = field(init=False, repr=False, compare=False)
     """The ``type`` user property: the event type's value as text."""
+    fixed_topic: str = field(init=False, repr=False, compare=False)
+    """The topic of every event, for a template without parameters (else "")."""
 
     def __post_init__(self) -> None:
         fields = self.model.model_fields
@@ -69,6 +71,8 @@ class Route:
         )
         object.__setattr__(self, "session", self.body is None and has_session)
         object.__setattr__(self, "type_text", str(self.event_type.value))
+        fixed = "" if self.template.parameters else self.template.template
+        object.__setattr__(self, "fixed_topic", fixed)
 
     @property
     def binary(self) -> bool:
