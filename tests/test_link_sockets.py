@@ -6,11 +6,15 @@ The failure this guards against was met in CI: a broker killed mid-stream, the
 link closed in the iteration a packet was queued, aiomqtt's deferred
 ``add_writer`` registered the number the next link's socket reused, and the link
 after that never read its CONNACK (``FileNotFoundError`` in ``add_reader``).
+With aiomqtt's own callbacks (``watched=False``) the scenario below leaves that
+writer (checked by hand with aiomqtt 2.5.1; not a test: a descriptor number is
+shared with everything else the test process does).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import uuid
@@ -59,28 +63,18 @@ async def _stale_after_close_with_write_pending(broker: Mosquitto, watched: bool
 
     reused = await asyncio.to_thread(end_link_with_a_write_pending)
     try:  # the callbacks paho made from the thread ran before this resumed
-        stale = loop.remove_writer(fd) | loop.remove_reader(fd)
+        return bool(loop.remove_writer(fd) | loop.remove_reader(fd))
     except OSError:  # the selector held a key epoll no longer had
-        stale = True
-    try:
-        loop.add_reader(reused, lambda: None)  # what the next link does
-        assert loop.remove_reader(reused)
+        return True
     finally:
-        reused.close()
-    return stale
+        with contextlib.suppress(OSError):
+            reused.close()
 
 
 async def test_a_socket_closed_with_a_write_pending_leaves_nothing_on_its_number(
     mosquitto: Mosquitto,
 ) -> None:
     assert not await _stale_after_close_with_write_pending(mosquitto, watched=True)
-
-
-async def test_aiomqtt_alone_leaves_a_writer_on_the_number_the_next_socket_gets(
-    mosquitto: Mosquitto,
-) -> None:
-    """Why `watch_socket` exists (if aiomqtt fixes this, this test says so)."""
-    assert await _stale_after_close_with_write_pending(mosquitto, watched=False)
 
 
 async def test_a_watched_link_publishes_receives_and_disconnects(mosquitto: Mosquitto) -> None:
