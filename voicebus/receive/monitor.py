@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections import deque
+from collections import defaultdict, deque
 from dataclasses import dataclass
 from enum import Enum
 from hashlib import blake2b
@@ -101,7 +101,7 @@ class Monitor:
         self.total_events = 0
         self._emitted = SeenIds(10_000)
         self.total_errors = 0
-        self.events_by_type: dict[str, int] = {}
+        self.events_by_type: defaultdict[str, int] = defaultdict(int)
         self.processing_time = 0.0
         self.processed = 0
         self.unrouted = 0
@@ -131,7 +131,7 @@ class Monitor:
         """Count `event` and keep it in history (once per event: source and id)."""
         self.total_events += 1
         key = event.type._value_
-        self.events_by_type[key] = self.events_by_type.get(key, 0) + 1
+        self.events_by_type[key] += 1
         if self.enable_history:
             self.history.append(event)
 
