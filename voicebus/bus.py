@@ -242,9 +242,8 @@ class EventBus:
         timeout: float | None = None,
     ) -> Subscription:
         """Like `subscribe`, removed after the first event it handles."""
-        return self.subscribe(
-            event_type, handler, priority, filter_func, once=True, timeout=timeout
-        )
+        subscribe = self.subscribe
+        return subscribe(event_type, handler, priority, filter_func, once=True, timeout=timeout)
 
     def unsubscribe(self, handler: Handler | Subscription) -> int:
         """Remove a subscription (by handle) or every subscription of a handler."""
@@ -303,11 +302,13 @@ class EventBus:
         """
         if not isinstance(event_type, Enum) and isinstance(event_type, str):
             event_type = event_type_named(event_type)
-        route = self._routes.get(event_type)
+        route = self._routes.by_type.get(event_type) or self._routes.get(event_type)
         parent = HANDLING.get()
         if parent is not None and correlation_id is None:
             correlation_id = parent.correlation_id
-        expires = expires_at(route, ttl if ttl is None else positive_seconds("ttl", ttl))
+        if ttl is not None:
+            ttl = positive_seconds("ttl", ttl)
+        expires = None if ttl is None and route.ttl is None else expires_at(route, ttl)
         event, payload, metadata_text, atoms = prepare(
             route,
             data if data is not None else {},
@@ -365,10 +366,7 @@ class EventBus:
         cid = correlation_id or f"req-{self._new_id()}"
         waiter = self._side.register_wait(response_type, cid, None)
 
-        async def emit_request() -> None:
-            await self.emit(event_type, data, correlation_id=cid)
-
-        return self._side.wait(waiter, timeout, emit_request)
+        return self._side.wait(waiter, timeout, lambda: self.emit(event_type, data, None, cid))
 
     # --- waiting -----------------------------------------------------------------------
 

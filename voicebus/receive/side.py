@@ -109,7 +109,7 @@ class ReceiveSide:
             pass
 
     def wait(
-        self, waiter: Waiter, timeout: float | None, first: Callable[[], Awaitable[None]]
+        self, waiter: Waiter, timeout: float | None, first: Callable[[], Awaitable[object]]
     ) -> Coroutine[Any, Any, Event | None]:
         """A coroutine that runs `first` (start, settle, or emit the request), then
         returns `waiter`'s event, or ``None`` after `timeout` seconds.
@@ -123,7 +123,7 @@ class ReceiveSide:
         return waiting
 
     async def _wait(
-        self, waiter: Waiter, timeout: float | None, first: Callable[[], Awaitable[None]]
+        self, waiter: Waiter, timeout: float | None, first: Callable[[], Awaitable[object]]
     ) -> Event | None:
         try:
             await first()  # what it raises goes to the caller as it is

@@ -288,7 +288,8 @@ class RouteTable:
     """Routes by event type and by topic; users may register their own."""
 
     def __init__(self, routes: list[Route] | None = None) -> None:
-        self._by_type: dict[Enum, Route] = {}
+        self.by_type: dict[Enum, Route] = {}
+        """Event type -> its route (read it with `get` for a clear error when absent)."""
         self._exact: dict[str, Route] = {}
         self._templated: list[Route] = []
         self._cache: TopicCache[tuple[Route, dict[str, str]] | None] = TopicCache()
@@ -301,20 +302,20 @@ class RouteTable:
         """Add `route`; an event type or topic already routed needs ``replace=True``."""
         if not isinstance(route.event_type.value, str):
             raise UnknownEventTypeError("event types must be enum members with string values")
-        old = self._by_type.get(route.event_type)
+        old = self.by_type.get(route.event_type)
         if old is not None and not replace:
             raise UnknownEventTypeError(
                 f"{route.event_type.value} already has a route ({old.template.template}); "
                 "pass replace=True to change it"
             )
-        for other in self._by_type.values():
+        for other in self.by_type.values():
             if other.event_type != route.event_type and other.filter == route.filter:
                 raise TopicError(
                     f"topic {route.template.template!r} is already used by {other.event_type.value}"
                 )
         if old is not None:
             self._forget(old)
-        self._by_type[route.event_type] = route
+        self.by_type[route.event_type] = route
         if route.template.parameters:
             self._templated.append(route)
         else:
@@ -324,7 +325,7 @@ class RouteTable:
 
     def unregister(self, event_type: Enum) -> Route:
         """Remove the route of `event_type` (e.g. when a plugin unloads) and return it."""
-        route = self._by_type.pop(event_type, None)
+        route = self.by_type.pop(event_type, None)
         if route is None:
             raise UnknownEventTypeError(f"{event_type!r} has no route to remove")
         self._forget(route)
@@ -337,18 +338,18 @@ class RouteTable:
             self._templated.remove(route)
 
     def __iter__(self) -> Iterator[Route]:
-        return iter(self._by_type.values())
+        return iter(self.by_type.values())
 
     def __len__(self) -> int:
-        return len(self._by_type)
+        return len(self.by_type)
 
     def __contains__(self, event_type: object) -> bool:
-        return event_type in self._by_type
+        return event_type in self.by_type
 
     def get(self, event_type: Enum) -> Route:
         """The route of `event_type`, or `UnknownEventTypeError`."""
         try:
-            return self._by_type[event_type]
+            return self.by_type[event_type]
         except KeyError:
             name = getattr(event_type, "value", event_type)
             raise UnknownEventTypeError(
