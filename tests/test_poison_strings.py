@@ -489,3 +489,23 @@ def test_cli_publish_checks_before_connecting() -> None:
     )
     assert result.returncode == 2, result.stderr
     assert "U+0001" in result.stderr
+
+
+async def test_strings_found_valid_are_remembered_bounded_and_admit_no_bad_one() -> None:
+    """`prepare` skips the scan of an event type or source it found valid before
+    (`envelope_checks.KNOWN_VALID`): a long source is not remembered, and a bad
+    source is refused however many good ones came first."""
+    from voicebus.wire import envelope_checks
+
+    long_source = "s" * (envelope_checks.KNOWN_LONGEST + 1)
+    async with EventBus("memory://known-valid") as bus:
+        for source in ("kitchen", long_source, "kitchen", long_source):
+            event = await bus.emit(EventType.RESPONSE_GENERATED, {"response": "x"}, source)
+            assert event.source == source
+        assert "kitchen" in envelope_checks.KNOWN_VALID
+        assert long_source not in envelope_checks.KNOWN_VALID
+        for bad in ("kit\x00chen", "kitchen\ud800", long_source + "\x07"):
+            with pytest.raises(PayloadValidationError) as caught:
+                await bus.emit(EventType.RESPONSE_GENERATED, {"response": "x"}, bad)
+            assert caught.value.fields == ["source"]
+            assert bad not in envelope_checks.KNOWN_VALID

@@ -45,7 +45,14 @@ from .correlation import correlation_bytes as correlation_bytes  # re-exported: 
 from .correlation import correlation_text as correlation_text  # codec's public pair
 from .envelope import PARENT as PARENT  # re-exported: the codec names its properties
 from .envelope import expires_at, properties, to_message
-from .envelope_checks import KNOWN_MAX, KNOWN_VALID, SHORT_ENOUGH, check_envelope, metadata_json
+from .envelope_checks import (
+    KNOWN_LONGEST,
+    KNOWN_MAX,
+    KNOWN_VALID,
+    SHORT_ENOUGH,
+    check_envelope,
+    metadata_json,
+)
 from .envelope_checks import check_message as check_message  # re-exported (publish_message)
 from .events import Event
 from .fastdump import ATOMS as _ATOMS
@@ -216,9 +223,9 @@ def prepare(
     if envelope and (not envelope.isprintable() or len(envelope) > SHORT_ENOUGH):
         props = properties(route, event, metadata_text)
         check_envelope(route, props, correlation_id, metadata)
-    if learn and len(known) < KNOWN_MAX:  # valid: they passed
+    if learn and len(known) < KNOWN_MAX:  # valid: they passed (short ones kept: bounded)
         known.add(type_text)
-        if source:
+        if source and len(source) <= KNOWN_LONGEST:
             known.add(source)
     body = route.body
     if body is not None:  # a binary route: the bytes are the payload

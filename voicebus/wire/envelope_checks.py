@@ -25,6 +25,8 @@ KNOWN_VALID: set[str] = set()
 """Event type texts and sources found to be valid MQTT strings (few, repeated)."""
 KNOWN_MAX = 4096
 """Strings `KNOWN_VALID` keeps, at most."""
+KNOWN_LONGEST = 256
+"""Longest source `KNOWN_VALID` keeps (characters): ~4 MiB worst case in all."""
 
 
 def check_envelope(
