@@ -35,7 +35,7 @@ from .wire.codec import check_message, prepare
 from .wire.envelope import expires_at, to_message
 from .wire.events import Event, EventType, event_type_named
 from .wire.handover import hand_over
-from .wire.ids import random_ids
+from .wire.ids import RandomIds
 from .wire.models import Payload
 from .wire.routes import ROUTES, RouteTable
 
@@ -79,9 +79,9 @@ class EventBus:
         self.client_id = client_id or f"voicebus-{prefix}"
         self.component = self.config.component
         self._routes = routes or ROUTES
-        self._new_id = random_ids(prefix + "-")
+        self._new_id = RandomIds(prefix + "-")
         """Ids of events this bus emits: ``<bus prefix>-<16 random hex digits>``."""
-        self._inbound_id = random_ids(prefix + ".")
+        self._inbound_id = RandomIds(prefix + ".")
         """Ids for received messages that came without one: ``<bus prefix>.<random>``."""
         self.monitor = Monitor(
             enable_history=self.config.enable_history,

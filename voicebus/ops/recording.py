@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import RecordingError
 from ..transport import Message
 from ..wire.codec import correlation_bytes, correlation_text
-from ..wire.ids import random_ids
+from ..wire.ids import RandomIds
 
 if TYPE_CHECKING:
     from ..bus import EventBus
@@ -360,7 +360,7 @@ async def replay(
     if speed < 0 or not math.isfinite(speed):
         raise RecordingError(f"speed must be a finite number >= 0, got {speed}")
     messages = sorted(recording, key=lambda m: m.received)
-    new_id = random_ids(f"replay-{bus.client_id}-")
+    new_id = RandomIds(f"replay-{bus.client_id}-")
     renamed: dict[str, str] = {}
     loop = asyncio.get_running_loop()
     started = loop.time()

@@ -79,6 +79,8 @@ def watch_socket(client: aiomqtt.Client) -> None:
             return  # closed before this ran
         clear_stale(loop, current.fileno())
         loop.add_reader(current, readable)
+        if paho.want_write():  # a writer registered before this ran was cleared with the rest
+            loop.add_writer(current, writable)
         housekeeping.append(loop.create_task(keep_alive()))
 
     def closing(sock: Any) -> None:
