@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from common import BenchEvents, Counter, Throughput, vb_data
@@ -23,6 +24,21 @@ from common import BenchEvents, Counter, Throughput, vb_data
 from voicebus import Event, EventBus
 
 YIELD_EVERY = 10
+
+
+async def timed(counter: Counter, n: int, send_all: Callable[[int], Awaitable[None]]) -> Throughput:
+    """Run `send_all(n)` (a peer's own loop sending `n` events) and wait until its
+    handler saw them all: events/s from the first send until the last was handled,
+    and this process's CPU µs per event (zero rate when counting stalled)."""
+    counter.reset(n)
+    cpu = time.process_time()
+    began = time.perf_counter()
+    await send_all(n)
+    ok = await counter.wait()
+    cpu = time.process_time() - cpu
+    if not ok:
+        return Throughput(0.0, 0.0, counter.count, n)
+    return Throughput(n / (counter.reached_at - began), cpu / n * 1e6, n, n)
 
 
 def warmup(n: int) -> int:
@@ -37,23 +53,15 @@ async def voicebus_memory(n: int) -> Throughput:
     async def handler(event: Event) -> None:
         counter.hit()
 
+    async def emit_all(count: int) -> None:
+        for seq in range(count):
+            await bus.emit(BenchEvents.PING1, vb_data(seq))
+
     bus = EventBus("memory://bench")
     bus.subscribe(BenchEvents.PING1, handler)
     async with bus:
-        counter.reset(warmup(n))
-        for seq in range(warmup(n)):
-            await bus.emit(BenchEvents.PING1, vb_data(seq))
-        await counter.wait()
-        counter.reset(n)
-        cpu = time.process_time()
-        began = time.perf_counter()
-        for seq in range(n):
-            await bus.emit(BenchEvents.PING1, vb_data(seq))
-        ok = await counter.wait()
-        cpu = time.process_time() - cpu
-    if not ok:
-        return Throughput(0.0, 0.0, counter.count, n)
-    return Throughput(n / (counter.reached_at - began), cpu / n * 1e6, n, n)
+        await timed(counter, warmup(n), emit_all)
+        return await timed(counter, n, emit_all)
 
 
 async def pyee_memory(n: int) -> Throughput:
@@ -68,22 +76,14 @@ async def pyee_memory(n: int) -> Throughput:
 
     emitter.on("ping", handler)
 
-    async def emit_all(count: int) -> bool:
-        counter.reset(count)
+    async def emit_all(count: int) -> None:
         for seq in range(count):
             emitter.emit("ping", vb_data(seq))
             if seq % YIELD_EVERY == YIELD_EVERY - 1:
                 await asyncio.sleep(0)
-        return await counter.wait()
 
-    await emit_all(warmup(n))
-    cpu = time.process_time()
-    began = time.perf_counter()
-    ok = await emit_all(n)
-    cpu = time.process_time() - cpu
-    if not ok:
-        return Throughput(0.0, 0.0, counter.count, n)
-    return Throughput(n / (counter.reached_at - began), cpu / n * 1e6, n, n)
+    await timed(counter, warmup(n), emit_all)
+    return await timed(counter, n, emit_all)
 
 
 async def bubus_memory(n: int) -> Throughput:
@@ -103,23 +103,17 @@ async def bubus_memory(n: int) -> Throughput:
     async def handler(event: BubusPing) -> None:
         counter.hit()
 
+    async def dispatch_all(count: int) -> None:
+        for seq in range(count):
+            await bus.dispatch(BubusPing(**vb_data(seq)))
+
     bus.on(BubusPing, handler)
     try:
         counter.reset(warmup(n))
-        for seq in range(warmup(n)):
-            await bus.dispatch(BubusPing(**vb_data(seq)))
-        counter.reset(n)
-        cpu = time.process_time()
-        began = time.perf_counter()
-        for seq in range(n):
-            await bus.dispatch(BubusPing(**vb_data(seq)))
-        ok = await counter.wait()
+        await dispatch_all(warmup(n))
+        return await timed(counter, n, dispatch_all)
     finally:
         await bus.stop()
-    cpu = time.process_time() - cpu
-    if not ok:
-        return Throughput(0.0, 0.0, counter.count, n)
-    return Throughput(n / (counter.reached_at - began), cpu / n * 1e6, n, n)
 
 
 async def queue_memory(n: int) -> Throughput:
@@ -135,20 +129,16 @@ async def queue_memory(n: int) -> Throughput:
         while True:
             await handler(await queue.get())
 
+    async def put_all(count: int) -> None:
+        for seq in range(count):
+            await queue.put(vb_data(seq))
+
     task = asyncio.create_task(consume())
-    for seq in range(warmup(n)):
-        await queue.put(vb_data(seq))
+    await put_all(warmup(n))
     while queue.qsize():  # the warm-up handled, then the timed run
         await asyncio.sleep(0)
     await asyncio.sleep(0)
-    counter.reset(n)
-    cpu = time.process_time()
-    began = time.perf_counter()
-    for seq in range(n):
-        await queue.put(vb_data(seq))
-    ok = await counter.wait()
-    cpu = time.process_time() - cpu
-    task.cancel()
-    if not ok:
-        return Throughput(0.0, 0.0, counter.count, n)
-    return Throughput(n / (counter.reached_at - began), cpu / n * 1e6, n, n)
+    try:
+        return await timed(counter, n, put_all)
+    finally:
+        task.cancel()
