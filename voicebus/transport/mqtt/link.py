@@ -43,7 +43,7 @@ from .paho_internals import (
     take_over_pubacks,
 )
 from .receiver import Acks, Receiver
-from .sockets import watch_socket
+from .sockets import decrypted, watch_socket
 
 log = logging.getLogger("voicebus.mqtt")
 
@@ -223,9 +223,6 @@ def read_all(client: aiomqtt.Client, acks: Acks) -> None:
     loop = asyncio.get_running_loop()
     reads = buffer_reads(paho)
     again: list[asyncio.Handle] = []  # a read scheduled for what is left over (one at most)
-    # A TLS socket may hold decrypted bytes the selector never reports (a record with
-    # the start of the next packet, left there when a large one's tail was read).
-    decrypted: Callable[[], int] = getattr(sock, "pending", _none_pending)
 
     def on_readable() -> None:
         again.clear()
@@ -239,14 +236,12 @@ def read_all(client: aiomqtt.Client, acks: Acks) -> None:
         finally:
             acks.holding = False
             acks.flush()
-        if (reads.left_over() or decrypted()) and not again and not lost.done():
+        # (`decrypted`: a TLS record with the start of the next packet, left there
+        # when a large one's tail was read)
+        if (reads.left_over() or decrypted(sock)) and not again and not lost.done():
             again.append(loop.call_soon(on_readable))  # read, not handled: no wake-up comes
 
     loop.add_reader(sock, on_readable)  # (replaces `sockets.watch_socket`'s reader)
-
-
-def _none_pending() -> int:
-    return 0
 
 
 def _set_result(fut: asyncio.Future[str], value: str) -> None:

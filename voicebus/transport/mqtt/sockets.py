@@ -57,9 +57,8 @@ def watch_socket(client: aiomqtt.Client) -> None:
         try:
             while True:
                 paho.loop_read()
-                sock = paho.socket()
-                if sock is None or not getattr(sock, "pending", _nothing)():
-                    break  # (a TLS socket may hold decrypted bytes the selector never reports)
+                if not decrypted(paho.socket()):
+                    break
         except Exception as exc:  # as aiomqtt does: the link is broken
             broken(exc)
 
@@ -120,5 +119,8 @@ def clear_stale(loop: asyncio.AbstractEventLoop, fd: int) -> None:
             remove(fd)
 
 
-def _nothing() -> int:
-    return 0
+def decrypted(sock: object) -> int:
+    """Bytes a TLS socket has decrypted and holds: the selector never reports them
+    (read them before waiting for it). 0 for any other socket, or None."""
+    pending = getattr(sock, "pending", None)
+    return int(pending()) if pending is not None else 0
