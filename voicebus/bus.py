@@ -79,7 +79,7 @@ class EventBus:
         self.client_id = client_id or f"voicebus-{prefix}"
         self.component = self.config.component
         self._routes = routes or ROUTES
-        self._new_id = RandomIds(prefix + "-")
+        self._new_id = RandomIds(prefix + "-").next
         """Ids of events this bus emits: ``<bus prefix>-<16 random hex digits>``."""
         self._inbound_id = RandomIds(prefix + ".")
         """Ids for received messages that came without one: ``<bus prefix>.<random>``."""

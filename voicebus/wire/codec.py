@@ -61,6 +61,8 @@ from .message import Message
 from .models import Payload
 from .routes import ROUTES, Route, RouteTable
 
+_new = object.__new__
+
 CONTENT_TYPE = JSON
 
 BAD_TIME = "voicebus.bad_time"
@@ -186,18 +188,17 @@ def prepare(
         atoms = False  # not known
     if session and wire.get("sessionId") is None:  # a model instance without one
         wire["sessionId"] = correlation_id
-    timestamp = time.time()
-    event = Event(
-        route.event_type,
-        wire,
-        event_id,
-        source,
-        timestamp,
-        correlation_id,
-        dict(metadata) if metadata else {},
-        route.fixed_topic or route.topic(wire),
-        parent_id,
-    )
+    # `Event(...)` field by field: no `__init__` frame (~1k instructions per emit).
+    event = _new(Event)
+    event.type = route.event_type
+    event.data = wire
+    event.id = event_id
+    event.source = source
+    event.timestamp = time.time()
+    event.correlation_id = correlation_id
+    event.metadata = dict(metadata) if metadata else {}
+    event.topic = route.fixed_topic or route.topic(wire)
+    event.parent_id = parent_id
     # The time property is always a valid string; the bus's own ids (`id_checked`),
     # and event types and sources found valid before (`KNOWN_VALID`), need no scan.
     envelope = "" if id_checked else event_id

@@ -10,7 +10,8 @@ then builds its `Event` with `received`: the same values an MQTT receiver decode
 (the same envelope rules: an empty source is absent, a missing correlation id is
 the payload's ``sessionId``). The data is frozen once, at emit (`freeze`: a copy,
 so what the sender does to its own event reaches nobody), and shared by every
-receiving bus: a received event is read-only (see `Event`). The payload was
+receiving bus: a received event is read-only (see `Event`), and one such event
+serves every receiving bus without pre middleware. The payload was
 validated by `codec.prepare`, which encoded its bytes too: they travel beside it
 (a receiver's size limit). The MQTT message (user properties, correlation data)
 is made only for a receiver that takes messages (`Handover.message`: a paused
@@ -38,7 +39,7 @@ class Handover:
 
     __slots__ = (
         "data", "event", "expires", "made", "metadata", "metadata_text", "payload",
-        "route", "routes", "sender", "topic",
+        "route", "routes", "sender", "shared", "topic",
     )  # fmt: skip
 
     route: Route
@@ -55,6 +56,8 @@ class Handover:
     metadata: FrozenDict
     made: Message | None
     """Its MQTT message, once `message` made it."""
+    shared: Event | None
+    """The read-only event of every receiver without pre middleware, once made."""
 
     def message(self) -> Message:
         """The MQTT message of the event, carrying this hand-over (`Message.local`):
@@ -106,6 +109,7 @@ def hand_over(
     handover.routes = routes
     handover.metadata = freeze(metadata) if metadata else FROZEN_EMPTY
     handover.made = None
+    handover.shared = None
     return handover
 
 
@@ -113,8 +117,12 @@ _new = object.__new__
 
 
 def received(handover: Handover, middleware: bool) -> Event:
-    """The receiver's own `Event` for a handed-over one (see the module doc); its
-    `metadata` changeable when the receiver has pre `middleware`."""
+    """The receivers' `Event` for a handed-over one (see the module doc): one, made
+    once, shared by every receiving bus without pre `middleware`; a bus with some
+    gets its own, its `metadata` changeable."""
+    event = handover.shared
+    if event is not None and not middleware:
+        return event
     sent = handover.event
     data = handover.data
     correlation_id = sent.correlation_id
@@ -122,18 +130,23 @@ def received(handover: Handover, middleware: bool) -> Event:
         session = data.get("sessionId")
         if isinstance(session, str):
             correlation_id = session
-    event = Event(
-        sent.type,
-        data,
-        sent.id,
-        sent.source or None,
-        sent.timestamp,
-        correlation_id,
-        (thaw(sent.metadata) if sent.metadata else {}) if middleware else handover.metadata,
-        sent.topic,
-        sent.parent_id or None,
-    )
+    # `Event(...)` field by field: no `__init__` frame (~1k instructions per event).
+    event = _new(Event)
+    event.type = sent.type
+    event.data = data
+    event.id = sent.id
+    event.source = sent.source or None
+    event.timestamp = sent.timestamp
+    event.correlation_id = correlation_id
+    if middleware:
+        event.metadata = thaw(sent.metadata) if sent.metadata else {}
+    else:
+        event.metadata = handover.metadata
+    event.topic = sent.topic
+    event.parent_id = sent.parent_id or None
     event.__class__ = ReadOnlyEvent  # `events.seal`, its data frozen already
+    if not middleware:
+        handover.shared = event
     return event
 
 

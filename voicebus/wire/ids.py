@@ -4,30 +4,42 @@ De-duplication keys on (topic, source, id): a peer that could predict the ids a
 service emits next could send them first, on another topic or not, and probe or
 pollute what receivers remember. So each id is ``<prefix><16 hex digits>``, the
 digits 64 bits from the operating system's CSPRNG (`os.urandom`, read 4 KiB at a
-time: about 0.2 µs per id), independent of every other id.
+time), independent of every other id. They are made 512 at a time, by C-level
+string operations (about 0.3 µs per id, a third of slicing them one by one).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 _CHUNK = 4096
+_DIGITS = 8  # bytes per id: 16 hex digits, 64 bits
+_HEX = "0123456789abcdef"
 
 
 class RandomIds:
-    """A callable giving ``prefix`` + 16 random hex digits per call."""
+    """A callable giving ``prefix`` + 16 random hex digits per call (`next`)."""
 
-    __slots__ = ("_pool", "_pos", "_prefix")
+    __slots__ = ("_batch", "_prefix", "_sep")
 
     def __init__(self, prefix: str) -> None:
         self._prefix = prefix
-        self._pool = ""
-        self._pos = 0
+        # Between the ids of a batch: an ASCII character in neither prefix nor digits.
+        self._sep = next((c for c in map(chr, range(128)) if c not in _HEX + prefix), "")
+        if not self._sep:
+            raise ValueError(f"an id prefix holding every ASCII character: {prefix!r}")
+        self._batch: Iterator[str] = iter(())
 
-    def __call__(self) -> str:
-        pos = self._pos
-        if pos >= len(self._pool):
-            self._pool = os.urandom(_CHUNK).hex()  # 16 hex digits (64 bits) per id
-            pos = 0
-        self._pos = pos + 16
-        return self._prefix + self._pool[pos : pos + 16]
+    def next(self) -> str:
+        """The next id (a bound ``next`` is the cheaper callable to keep: calling an
+        instance goes through ``__call__``'s slot, ~0.5k instructions more)."""
+        return next(self._batch, None) or self._refill()
+
+    __call__ = next
+
+    def _refill(self) -> str:
+        prefix, sep = self._prefix, self._sep
+        digits = os.urandom(_CHUNK).hex(sep, _DIGITS)  # "<16 hex><sep><16 hex><sep>..."
+        self._batch = iter((prefix + digits.replace(sep, sep + prefix)).split(sep))
+        return next(self._batch)
