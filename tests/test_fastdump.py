@@ -135,3 +135,38 @@ async def test_a_field_given_as_none_is_left_out_as_over_mqtt() -> None:
         data = {"response": "hi", "sessionId": None, "siteId": "kitchen"}
         event = await bus.emit(EventType.RESPONSE_GENERATED, data)
         assert "sessionId" not in event.data and event.data["siteId"] == "kitchen"
+
+
+def test_an_output_of_plain_size_keys_holds_the_fields_always_there_and_no_none() -> None:
+    """`prepare` skips the extra-key and None scans for an output of exactly
+    `plain_size` keys: that must mean no extra key, no None, only atoms."""
+    rng = random.Random(29)
+    models = {r.model for r in ROUTES if wire_validator(r.model) is not None}
+    sized = 0
+    for model in sorted(models | {_Forbidding, _Plain}, key=lambda m: m.__name__):
+        validator = wire_validator(model)
+        assert validator is not None
+        if validator.plain_size < 0:
+            assert set(validator.nullable) & {k for k in validator.keys if k in _defaults(model)}
+            continue
+        sized += 1
+        keys = [*validator.keys, "extra", "other", "sessionId"]
+        for _ in range(300):
+            data = {k: rng.choice(VALUES) for k in rng.sample(keys, rng.randint(0, len(keys)))}
+            try:
+                out = validator.validate_python(data)
+            except pydantic.ValidationError:
+                continue
+            if len(out) == validator.plain_size:
+                assert validator.keys.issuperset(out), (model, data)
+                assert all(type(v) in (str, int, float, bool) for v in out.values()), (model, out)
+    assert sized > 10
+
+
+def _defaults(model: type[BaseModel]) -> set[str]:
+    """Wire names of the fields every output has: required, or with a default."""
+    return {
+        info.alias or name
+        for name, info in model.model_fields.items()
+        if info.is_required() or info.default is not None
+    }

@@ -177,12 +177,15 @@ def prepare(
         except pydantic.ValidationError as exc:
             raise _payload_error(route.event_type, exc) from None
         # Fields are scalars; an extra key may hold a container (the dump copies it).
-        no_extras = fast.keys.issuperset(wire)
-        atoms = no_extras or _ATOMS.issuperset(map(type, wire.values()))
-        if not atoms:
-            wire = validate_payload(route, data)
-        elif (fast.nullable or not no_extras) and None in wire.values():
-            wire = {k: v for k, v in wire.items() if v is not None}  # `exclude_none`
+        if len(wire) == fast.plain_size:  # the fields always there only: no None either
+            atoms = True
+        else:
+            no_extras = fast.keys.issuperset(wire)
+            atoms = no_extras or _ATOMS.issuperset(map(type, wire.values()))
+            if not atoms:
+                wire = validate_payload(route, data)
+            elif (fast.nullable or not no_extras) and None in wire.values():
+                wire = {k: v for k, v in wire.items() if v is not None}  # `exclude_none`
     else:
         wire = validate_payload(route, data)
         atoms = False  # not known

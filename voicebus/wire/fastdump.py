@@ -29,17 +29,25 @@ ATOMS = frozenset({str, int, float, bool, type(None)})
 
 class WireValidator:
     """`validate_python` (the typed-dict validator), `keys`: the wire names of the
-    model's fields (an output key not among them is an extra key), and `nullable`:
-    those of the fields that may hold None."""
+    model's fields (an output key not among them is an extra key), `nullable`:
+    those of the fields that may hold None, and `plain_size`: how many fields every
+    output has (required, or with a default) when none of them may hold None, else
+    -1. An output of exactly `plain_size` keys is those fields only: atoms, no None,
+    no extra key (one look at its length instead of a scan of its keys and values)."""
 
-    __slots__ = ("keys", "nullable", "validate_python")
+    __slots__ = ("keys", "nullable", "plain_size", "validate_python")
 
     def __init__(
-        self, validator: SchemaValidator, keys: frozenset[str], nullable: tuple[str, ...] = ()
+        self,
+        validator: SchemaValidator,
+        keys: frozenset[str],
+        nullable: tuple[str, ...] = (),
+        plain_size: int = -1,
     ) -> None:
         self.validate_python = validator.validate_python
         self.keys = keys
         self.nullable = nullable
+        self.plain_size = plain_size
 
 
 VALIDATORS: dict[type[BaseModel], WireValidator | None] = {}
@@ -105,7 +113,9 @@ def _build(model: type[BaseModel]) -> WireValidator | None:
         "total": False,
     }
     nullable = tuple(k for k, f in fields.items() if _may_be_none(f["schema"]))
-    return WireValidator(SchemaValidator(typed), frozenset(fields), nullable)
+    always = [k for k, f in fields.items() if f["required"] or f["schema"]["type"] == "default"]
+    plain_size = -1 if set(always) & set(nullable) else len(always)
+    return WireValidator(SchemaValidator(typed), frozenset(fields), nullable, plain_size)
 
 
 _MODEL_KEYS = frozenset(
