@@ -180,6 +180,8 @@ class Dispatcher:
             self._transport.pause_reading()
 
     async def _run(self) -> None:
+        """Take queued events out, one at a time, and run each one's middleware and
+        handlers here (no coroutine per event: one fewer frame on the hot path)."""
         CONSUMER.set(self._transport)
         queue = self._queue
         wakeup = self._wakeup
@@ -187,6 +189,9 @@ class Dispatcher:
         resume_at = self.max_queue_size // 2
         task = asyncio.current_task()
         assert task is not None
+        registry = self._registry
+        monitor = self._monitor
+        perf = time.perf_counter
         while not (self._stopping or task.cancelling()):  # even if a handler swallowed it
             if not queue:
                 wakeup.clear()
@@ -198,14 +203,94 @@ class Dispatcher:
                 self._transport.resume_reading()
             self._delivering = True
             try:
-                await self._deliver(event, sids, own)
+                started = perf()
+                HANDLING.set(event)
+                if self.pre and not await self._run_pre(event):
+                    continue  # dropped, or a middleware failed: fails closed (acknowledged)
+                group_copy = bool(self.group_sids) and self.is_group_copy(sids)
+                # One clock reading per handler: each handler's time runs from the end
+                # of the previous one (the checks of skipped subscriptions in between,
+                # a few dozen nanoseconds, count towards it). A reading costs ~80 ns
+                # here: none is taken twice for the same moment.
+                begin = perf() if self.pre else started
+                cancelled = False
+                subs = registry.by_topic.get(event.topic)
+                for sub in subs if subs is not None else registry.matching(event.topic):
+                    if sub.plain:  # active; no group, filter or once: one check, the common case
+                        if group_copy:
+                            continue
+                    elif not sub.active:
+                        continue
+                    else:
+                        if sub.group is not None:
+                            if registry.subscription_id(sub.broker_filter) not in sids:
+                                continue
+                        elif group_copy:
+                            continue
+                        if sub.filter_func is not None:
+                            try:
+                                if not sub.filter_func(event):
+                                    continue
+                            except BaseException as exc:
+                                self._failed(event, sub.name, exc, sub.component)
+                                continue
+                        if sub.once:  # removed before it runs, so it runs once
+                            self._remove(sub)
+                    stats = sub.stats or self._stats_for(sub)
+                    try:
+                        result = sub.handler(event)
+                        if result is not None and (
+                            type(result) is _COROUTINE or isawaitable(result)
+                        ):
+                            self._awaiting = event
+                            if sub.timeout is None:
+                                await result
+                            else:
+                                await self._with_deadline(result, sub.timeout)
+                            self._awaiting = None
+                    except BaseException as exc:
+                        self._awaiting = None
+                        if self._interrupt is None:
+                            self._failed(event, sub.name, exc, sub.component)  # or re-raised
+                            stats.error_count += 1
+                        else:  # True: its correlation id was cancelled, no more handlers
+                            cancelled = self._interrupted(event, sub, exc, stats)
+                    else:  # (only an awaited handler can be interrupted: `result` is set)
+                        if result is not None and self._interrupt is not None:
+                            cancelled = self._interrupted(event, sub, None, stats)
+                    stats.call_count += 1
+                    end = perf()
+                    stats.total_duration += end - begin
+                    begin = end
+                    if cancelled:
+                        break
+                if self.post:
+                    for middleware in self.post:
+                        await self._run_middleware(middleware, event)
+                    begin = perf()
+                monitor.processed += 1
+                monitor.processing_time += begin - started
+                if not own:  # emitted here: counted by emit
+                    monitor.record(event)
             except Exception:  # never let one event stop the bus
                 log.exception("dispatch of %s failed", event)
+            except BaseException:  # cancelled (`stop`), or an exit: not acknowledged,
+                ack = None  # so a persistent session gets it again
+                raise
             finally:
                 self._delivering = False
-            # Not when cancelled (`stop`): unacknowledged, a persistent session gets it again.
-            if ack is not None and self._transport is not None:
-                self._transport.ack(ack)
+                if ack is not None and self._transport is not None:
+                    self._transport.ack(ack)
+
+    async def _run_pre(self, event: Event) -> bool:
+        """Run the pre middleware on `event` (they may change its metadata; nobody
+        after them); False when one dropped it or failed."""
+        unseal_metadata(event)  # if sealed before the first was added
+        for middleware in self.pre:
+            if await self._run_middleware(middleware, event) is False:
+                return False
+        seal_metadata(event)
+        return True
 
     def _own_cancellation(self) -> bool:
         """The dispatch task was asked to cancel (by `stop`, or by whoever cancels it)."""
@@ -231,82 +316,6 @@ class Dispatcher:
                 )
             except Exception:
                 log.exception("could not report the failure of %s on %s", name, event)
-
-    async def _deliver(self, event: Event, sids: tuple[int, ...], own: bool) -> None:
-        perf = time.perf_counter
-        started = perf()
-        HANDLING.set(event)
-        if self.pre:  # they may change the metadata; nobody after them
-            unseal_metadata(event)  # if sealed before the first was added
-            for middleware in self.pre:
-                if await self._run_middleware(middleware, event) is False:
-                    return  # dropped, or failed: fails closed
-            seal_metadata(event)
-        registry = self._registry
-        group_copy = bool(self.group_sids) and self.is_group_copy(sids)
-        # One clock reading per handler: each handler's time runs from the end of
-        # the previous one (the checks of skipped subscriptions in between, a few
-        # dozen nanoseconds, count towards it). A reading costs ~80 ns here: none
-        # is taken twice for the same moment.
-        begin = perf() if self.pre else started
-        cancelled = False
-        subs = registry.by_topic.get(event.topic)
-        for sub in subs if subs is not None else registry.matching(event.topic):
-            if sub.plain:  # active; no group, filter or once: one check for the common case
-                if group_copy:
-                    continue
-            elif not sub.active:
-                continue
-            else:
-                if sub.group is not None:
-                    if registry.subscription_id(sub.broker_filter) not in sids:
-                        continue
-                elif group_copy:
-                    continue
-                if sub.filter_func is not None:
-                    try:
-                        if not sub.filter_func(event):
-                            continue
-                    except BaseException as exc:
-                        self._failed(event, sub.name, exc, sub.component)
-                        continue
-                if sub.once:  # removed before it runs, so it runs once
-                    self._remove(sub)
-            stats = sub.stats or self._stats_for(sub)
-            try:
-                result = sub.handler(event)
-                if result is not None and (type(result) is _COROUTINE or isawaitable(result)):
-                    self._awaiting = event
-                    if sub.timeout is None:
-                        await result
-                    else:
-                        await self._with_deadline(result, sub.timeout)
-                    self._awaiting = None
-            except BaseException as exc:
-                self._awaiting = None
-                if self._interrupt is None:
-                    self._failed(event, sub.name, exc, sub.component)  # or re-raised
-                    stats.error_count += 1
-                else:  # True: its correlation id was cancelled, no more handlers for it
-                    cancelled = self._interrupted(event, sub, exc, stats)
-            else:  # (only an awaited handler can be interrupted: `result` is not None)
-                if result is not None and self._interrupt is not None:
-                    cancelled = self._interrupted(event, sub, None, stats)
-            stats.call_count += 1
-            end = perf()
-            stats.total_duration += end - begin
-            begin = end
-            if cancelled:
-                break
-        if self.post:
-            for middleware in self.post:
-                await self._run_middleware(middleware, event)
-            begin = perf()
-        monitor = self._monitor
-        monitor.processed += 1
-        monitor.processing_time += begin - started
-        if not own:  # emitted here: counted by emit
-            monitor.record(event)
 
     async def _with_deadline(self, result: Any, timeout: float) -> None:
         """Await a handler's `result`, interrupted after `timeout` seconds."""
