@@ -94,7 +94,7 @@ class Inbound:
             and local.routes is self._routes
             and len(local.payload) <= self._max_payload
         ):
-            event = received(local, bool(self._dispatcher.pre))
+            event = received(local, True) if self._dispatcher.pre else local.shared
             self._queue(event, sids, None, True, local.sender is self._monitor)
         else:
             self.receive(replace(local.message(), subscription_ids=sids, local=None))

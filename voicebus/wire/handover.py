@@ -21,7 +21,7 @@ over MQTT); a retained event is never handed over (it is kept as a message).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from .envelope import to_message
 from .events import FROZEN_EMPTY, Event, FrozenDict, ReadOnlyEvent, freeze, thaw
@@ -33,31 +33,30 @@ _ATOMS = ATOMS  # pydantic-core JSON keeps inf, nan
 
 
 class Handover:
-    """The sender's event, its data frozen, who sent it (the emitting bus's token),
-    and what its MQTT message is made of (`message`, built when first needed).
-    Made by `hand_over` only."""
+    """The sender's event, the receivers' read-only copy of it (`shared`), who sent
+    it (the emitting bus's token), and what its MQTT message is made of (`message`,
+    built when first needed). Made by `hand_over` only."""
 
     __slots__ = (
-        "data", "event", "expires", "made", "metadata", "metadata_text", "payload",
-        "route", "routes", "sender", "shared", "topic",
+        "event", "expires", "made", "metadata_text", "payload", "route", "routes",
+        "sender", "shared", "topic",
     )  # fmt: skip
 
     route: Route
     event: Event
+    shared: ReadOnlyEvent
+    """What every receiving bus without pre middleware hands its handlers: the
+    event as an MQTT receiver decodes it, its data and metadata frozen copies."""
     topic: str
     payload: bytes
     """The encoded payload (its size is checked against a receiver's limit)."""
     metadata_text: str | None
     expires: float | None
     sender: object
-    data: FrozenDict
     routes: object
     """The sender's route table: a bus with another one decodes the bytes."""
-    metadata: FrozenDict
     made: Message | None
     """Its MQTT message, once `message` made it."""
-    shared: Event | None
-    """The read-only event of every receiver without pre middleware, once made."""
 
     def message(self) -> Message:
         """The MQTT message of the event, carrying this hand-over (`Message.local`):
@@ -97,19 +96,34 @@ def hand_over(
     metadata = event.metadata
     if metadata and not _plain(metadata):
         return None
-    handover = _new(Handover)  # (no __init__: one frame less per emit)
+    correlation_id = event.correlation_id
+    if correlation_id is None:  # as a receiver decodes it: the payload's session
+        session = frozen.get("sessionId")
+        if isinstance(session, str):
+            correlation_id = session
+    # Both objects field by field: no `__init__` frames (~1k instructions each).
+    shared = _new(Event)
+    shared.type = event.type
+    shared.data = frozen
+    shared.id = event.id
+    shared.source = event.source or None
+    shared.timestamp = event.timestamp
+    shared.correlation_id = correlation_id
+    shared.metadata = freeze(metadata) if metadata else FROZEN_EMPTY
+    shared.topic = event.topic
+    shared.parent_id = event.parent_id or None
+    shared.__class__ = ReadOnlyEvent  # `events.seal`, its data frozen already
+    handover = _new(Handover)
     handover.route = route
     handover.event = event
+    handover.shared = cast(ReadOnlyEvent, shared)
     handover.topic = event.topic
     handover.payload = payload
     handover.metadata_text = metadata_text
     handover.expires = expires
     handover.sender = sender
-    handover.data = frozen
     handover.routes = routes
-    handover.metadata = freeze(metadata) if metadata else FROZEN_EMPTY
     handover.made = None
-    handover.shared = None
     return handover
 
 
@@ -117,36 +131,22 @@ _new = object.__new__
 
 
 def received(handover: Handover, middleware: bool) -> Event:
-    """The receivers' `Event` for a handed-over one (see the module doc): one, made
-    once, shared by every receiving bus without pre `middleware`; a bus with some
-    gets its own, its `metadata` changeable."""
-    event = handover.shared
-    if event is not None and not middleware:
-        return event
-    sent = handover.event
-    data = handover.data
-    correlation_id = sent.correlation_id
-    if correlation_id is None:
-        session = data.get("sessionId")
-        if isinstance(session, str):
-            correlation_id = session
-    # `Event(...)` field by field: no `__init__` frame (~1k instructions per event).
-    event = _new(Event)
-    event.type = sent.type
-    event.data = data
-    event.id = sent.id
-    event.source = sent.source or None
-    event.timestamp = sent.timestamp
-    event.correlation_id = correlation_id
-    if middleware:
-        event.metadata = thaw(sent.metadata) if sent.metadata else {}
-    else:
-        event.metadata = handover.metadata
-    event.topic = sent.topic
-    event.parent_id = sent.parent_id or None
-    event.__class__ = ReadOnlyEvent  # `events.seal`, its data frozen already
+    """The receiver's `Event` for a handed-over one: `Handover.shared`, or for a
+    bus with pre `middleware` a copy of its own, its `metadata` changeable."""
+    shared = handover.shared
     if not middleware:
-        handover.shared = event
+        return shared
+    event = _new(Event)
+    event.type = shared.type
+    event.data = shared.data
+    event.id = shared.id
+    event.source = shared.source
+    event.timestamp = shared.timestamp
+    event.correlation_id = shared.correlation_id
+    event.metadata = thaw(shared.metadata) if shared.metadata else {}
+    event.topic = shared.topic
+    event.parent_id = shared.parent_id
+    event.__class__ = ReadOnlyEvent
     return event
 
 
