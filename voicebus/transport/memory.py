@@ -44,6 +44,22 @@ class MemoryBroker:
         self.shared = 0
         """Shared subscriptions held by the clients (0: the plain fast path)."""
         self._turns: dict[str, int] = {}
+        self.receivers: TopicCache[tuple[tuple[MemoryTransport, tuple[int, ...]], ...]]
+        self.receivers = TopicCache()
+        """Topic -> the connected clients subscribed to it, each with its subscription
+        ids (`receivers_of`); emptied whenever a client connects, leaves or changes
+        its subscriptions."""
+
+    def receivers_of(self, topic: str) -> tuple[tuple[MemoryTransport, tuple[int, ...]], ...]:
+        """The connected clients with plain subscriptions matching `topic`, each with
+        its subscription ids (cached in `receivers`)."""
+        found = []
+        for client in self.clients:
+            if client.connected:
+                ids = client.subscription_ids(topic)
+                if ids:
+                    found.append((client, ids))
+        return self.receivers.put(topic, tuple(found))
 
     async def publish(self, message: Message) -> None:
         for client in self.route(message):
@@ -92,8 +108,10 @@ class MemoryTransport:
         self.on_local: LocalCallback | None = None
         """Set by a bus: takes an in-process hand-over (`publish_local`, or a
         message's `Message.local`) with this client's subscription ids, without a copy."""
-        self._backlog: deque[Message] = deque()
-        self._paused = False
+        self.backlog: deque[Message] = deque()
+        """Messages for this client kept while it is paused, delivered in turn."""
+        self.paused = False
+        """Its receiver asked for no more now (`pause_reading`)."""
         self._resumed = asyncio.Event()
         self._resumed.set()
         self.expired = 0
@@ -107,6 +125,12 @@ class MemoryTransport:
         self._on_message = on_message
         if self not in self._broker.clients:
             self._broker.clients.append(self)
+        self._changed()
+
+    def _changed(self) -> None:
+        """Its subscriptions or connection changed: the topic caches start again."""
+        self._matched.clear()
+        self._broker.receivers.clear()
 
     def ack(self, token: object) -> None:
         """Nothing to acknowledge in-process (messages carry no token)."""
@@ -119,9 +143,9 @@ class MemoryTransport:
         self._broker.shared -= len(self._shared)
         self._shared.clear()
         self._subscriptions.clear()
-        self._matched.clear()
-        self._backlog.clear()
-        self._paused = False  # a publisher waiting for room here goes on (else it spins)
+        self._changed()
+        self.backlog.clear()
+        self.paused = False  # a publisher waiting for room here goes on (else it spins)
         self._resumed.set()
 
     def _require_connected(self) -> None:
@@ -147,9 +171,17 @@ class MemoryTransport:
         if broker.shared:
             shared = broker.route(local.message())
             return _wait_for_room(shared) if shared else None
+        receivers = broker.receivers.get(local.topic)
+        if receivers is None:
+            receivers = broker.receivers_of(local.topic)
         paused: list[MemoryTransport] | None = None
-        for client in broker.clients:
-            if client.deliver_local(local):
+        for client, ids in receivers:
+            on_local = client.on_local
+            if on_local is not None and not (client.paused or client.backlog):
+                on_local(local, ids)
+            else:  # in turn, behind what waits, or for a receiver that takes messages
+                client.push(_copy(local.message(), ids, retain=False))
+            if client.paused:  # the receiver's queue may have filled up
                 paused = [client] if paused is None else [*paused, client]
         return None if paused is None else _wait_for_room(paused)
 
@@ -163,7 +195,7 @@ class MemoryTransport:
             self._shared[topic_filter] = subscription_id
             return
         self._subscriptions[topic_filter] = subscription_id
-        self._matched.clear()
+        self._changed()
         now = time.monotonic()
         for topic, message in list(self._broker.retained.items()):
             if matches(topic_filter, topic):
@@ -171,15 +203,16 @@ class MemoryTransport:
                     del self._broker.retained[topic]  # as MQTT: a stale retained message goes
                     self.expired += 1
                     continue
-                self._push(_copy(message, (subscription_id,), retain=True))
+                self.push(_copy(message, (subscription_id,), retain=True))
 
     async def unsubscribe(self, topic_filter: str) -> None:
         if self._shared.pop(topic_filter, None) is not None:
             self._broker.shared -= 1
         self._subscriptions.pop(topic_filter, None)
-        self._matched.clear()
+        self._changed()
 
-    def _subscription_ids(self, topic: str) -> tuple[int, ...]:
+    def subscription_ids(self, topic: str) -> tuple[int, ...]:
+        """The ids of this client's plain subscriptions matching `topic`."""
         ids = self._matched.get(topic)
         if ids is None:
             ids = self._matched.put(
@@ -196,7 +229,7 @@ class MemoryTransport:
         whose turn it is); True when it is paused."""
         if self._on_message is None:
             return False
-        ids = self._subscription_ids(message.topic)
+        ids = self.subscription_ids(message.topic)
         if shared_ids:
             ids = ids + shared_ids
         if not ids:
@@ -206,59 +239,42 @@ class MemoryTransport:
         local = message.local
         if on_local is not None and local is not None and not message.retain and self._ready:
             on_local(cast(LocalMessage, local), ids)
-            return self._paused  # the receiver's queue may have filled up
-        self._push(_copy(message, ids, retain=False))
-        return self._paused
-
-    def deliver_local(self, local: LocalMessage) -> bool:
-        """`deliver` for a hand-over (`publish_local`): its message made only if this
-        client cannot take the hand-over now. True when it is paused."""
-        if self._on_message is None:
-            return False
-        topic = local.topic
-        ids = self._matched.get(topic)
-        if ids is None:
-            ids = self._subscription_ids(topic)
-        if not ids:
-            return False
-        on_local = self.on_local
-        if on_local is not None and not (self._paused or self._backlog):
-            on_local(local, ids)
-        else:
-            self._push(_copy(local.message(), ids, retain=False))
-        return self._paused
+            return self.paused  # the receiver's queue may have filled up
+        self.push(_copy(message, ids, retain=False))
+        return self.paused
 
     @property
     def _ready(self) -> bool:
         """Takes a hand-over at once: not paused, no backlog to go first."""
-        return not (self._paused or self._backlog)
+        return not (self.paused or self.backlog)
 
-    def _push(self, message: Message) -> None:
-        if self._paused or self._backlog:
-            self._backlog.append(message)
+    def push(self, message: Message) -> None:
+        """Deliver `message` now, or keep it in `backlog` while paused or behind it."""
+        if self.paused or self.backlog:
+            self.backlog.append(message)
         elif self._on_message is not None:
             self._on_message(message)
 
     def pause_reading(self) -> None:
-        self._paused = True
+        self.paused = True
         self._resumed.clear()
 
     def resume_reading(self) -> None:
-        self._paused = False
-        backlog = self._backlog
+        self.paused = False
+        backlog = self.backlog
         now = time.monotonic()
-        while backlog and not self._paused and self._on_message is not None:
+        while backlog and not self.paused and self._on_message is not None:
             message = backlog.popleft()
             if message.expires is not None and message.expires <= now:
                 self.expired += 1
                 continue
             self._on_message(message)
-        if not self._paused:
+        if not self.paused:
             self._resumed.set()
 
     async def wait_for_room(self) -> None:
         """Wait while this client is paused, unless called from its own dispatcher."""
-        while self._paused and CONSUMER.get() is not self:
+        while self.paused and CONSUMER.get() is not self:
             await self._resumed.wait()
 
 
