@@ -59,6 +59,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--count", type=int, default=20_000, help="messages per MQTT run")
     parser.add_argument("--memory-count", type=int, default=200_000, help="memory:// events")
     parser.add_argument("--bubus-count", type=int, default=2000, help="bubus events (slow)")
+    parser.add_argument(
+        "--memory-pairs", type=int, default=5, help="voicebus/pyee pairs per round, back to back"
+    )
     parser.add_argument("--round-trips", type=int, default=1000, help="per QoS and peer")
     parser.add_argument("--scale-count", type=int, default=None, help="events per scaling cell")
     parser.add_argument("--rss-events", type=int, default=1_000_000, help="memory:// events")
@@ -75,7 +78,7 @@ def parse_args() -> argparse.Namespace:
     if args.quick:
         args.count, args.memory_count, args.bubus_count = 1000, 5000, 100
         args.round_trips, args.scale_count, args.rss_events = 50, 200, 20_000
-        args.repeat = 1
+        args.repeat, args.memory_pairs = 1, 1
     if args.scale_count is None:
         args.scale_count = max(args.count // 4, 1)
     args.only = {part.strip() for part in args.only.split(",") if part.strip()}
@@ -111,12 +114,21 @@ def attempt(results: Results, key: str, run: Callable[[], Any]) -> None:
 def one_round(args: argparse.Namespace, results: Results, port: int, url: str) -> None:
     n, m, w = args.count, args.memory_count, min(500, max(args.count // 10, 1))
     rt, rw = args.round_trips, min(100, max(args.round_trips // 10, 1))
+    pairs = args.memory_pairs
     for key, make in (
         ()
         if "memory" not in args.only
         else (
-            ("voicebus memory://", lambda: mem.voicebus_memory(m)),
-            ("pyee memory", lambda: mem.pyee_memory(m)),
+            # voicebus and pyee back to back `pairs` times, m/pairs events each: the
+            # ratio is taken per pair, so load that drifts within a round hits both.
+            *[
+                cell
+                for _ in range(pairs)
+                for cell in (
+                    ("voicebus memory://", lambda: mem.voicebus_memory(m // pairs)),
+                    ("pyee memory", lambda: mem.pyee_memory(m // pairs)),
+                )
+            ],
             ("bubus memory", lambda: mem.bubus_memory(args.bubus_count)),
             ("asyncio.Queue memory", lambda: mem.queue_memory(m)),
         )
