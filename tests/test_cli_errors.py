@@ -107,7 +107,7 @@ def test_a_service_user_reads_statuses_and_dead_letters_under_the_acl(secure: Se
     [["wait", "tts_completed"], ["trace", "sess-1"], ["status"], ["dlq", "list"]],
     ids=lambda c: c[0],
 )
-def test_timeout_1_against_a_broker_that_never_answers_exits_within_2s(
+def test_timeout_1_against_a_broker_that_never_answers_ends_before_the_connect_timeout(
     command: list[str],
 ) -> None:
     """Every --timeout covers connecting (the connect timeout alone is 10 s)."""
@@ -119,7 +119,9 @@ def test_timeout_1_against_a_broker_that_never_answers_exits_within_2s(
         result = voicebus(*command, "--timeout", "1", url=url)
         elapsed = time.monotonic() - started
     assert_one_line_error(result, 3, "no MQTT answer (CONNACK)", "within 1s")
-    assert elapsed < 2.0, elapsed
+    # Far below the 10 s connect timeout: the 1 s covered connecting. (Not "< 2 s":
+    # starting the CLI alone took up to 1.05 s with the machine loaded.)
+    assert elapsed < 6.0, elapsed
 
 
 def test_tables_fold_long_topics_never_cut_them() -> None:
