@@ -115,3 +115,23 @@ async def test_a_publisher_waiting_for_a_paused_receiver_is_freed_when_it_stops(
         assert not emitting.done()
         await receiver.stop(drain_timeout=0.05)
         await asyncio.wait_for(emitting, 5)
+
+
+async def test_a_publisher_that_never_waits_gives_the_receivers_a_turn() -> None:
+    """Every `TURN_EVERY` hand-overs the emit yields once: the receiving dispatcher
+    keeps up (its queue stays ~64 deep) instead of waiting for `max_queue_size`."""
+    from voicebus.transport.memory import TURN_EVERY
+
+    handled: list[int] = []
+    deepest = 0
+    async with EventBus("memory://handover-turns") as sender, EventBus(
+        "memory://handover-turns"
+    ) as receiver:
+        receiver.subscribe(EventType.SPEECH_DETECTED, lambda e: handled.append(1))
+        await receiver.ready()
+        for number in range(1, 5 * TURN_EVERY + 1):
+            await sender.emit(EventType.SPEECH_DETECTED, {"text": str(number)})
+            deepest = max(deepest, number - len(handled))
+        assert receiver.get_stats()["max_queue_size"] > 5 * TURN_EVERY  # never paused
+    assert len(handled) >= 4 * TURN_EVERY  # it ran while the publisher went on
+    assert deepest <= TURN_EVERY

@@ -324,7 +324,7 @@ class EventBus:
             sender, routes = self.monitor, self._routes
             local = hand_over(route, event, payload, metadata_text, expires, sender, routes, atoms)
         if local is not None:
-            waiting = self._link.send_local(local)  # None unless a receiver is paused
+            waiting = self._link.send_local(local)  # None unless paused, or their turn
             if waiting is not None:
                 await waiting
         else:

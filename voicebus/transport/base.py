@@ -86,5 +86,6 @@ class InProcessTransport(Transport, Protocol):
         """Publish `local` to this process's receivers at once (a receiver that cannot
         take a hand-over now gets `local.message()`). None when done; else an
         awaitable to await before the next publish: it waits for room in the
-        receivers now paused (back-pressure, as `publish` does). Not a coroutine
-        function, so the common case costs no coroutine."""
+        receivers now paused (back-pressure, as `publish` does), or gives them a
+        turn now and then (`memory.TURN_EVERY`). Not a coroutine function, so the
+        common case costs no coroutine."""

@@ -25,6 +25,14 @@ from .base import CONSUMER, LocalCallback, LocalMessage, Message, MessageCallbac
 
 _BROKERS: dict[str, MemoryBroker] = {}
 
+TURN_EVERY = 64
+"""A publisher gives the event loop a turn after this many hand-overs in a row (its
+emit yields once), so receiving dispatchers keep up with a publisher that never
+waits: their queues stay ~64 events deep, not `max_queue_size` (1,000), which keeps
+handler latency low and the events in flight within the CPU caches (measured: 1.1x
+pyee's rate with it, 1.0x without; pausing at 100 gave ~1.2x, at the cost of the
+user's `max_queue_size` meaning)."""
+
 
 def get_broker(name: str = "") -> MemoryBroker:
     """The process-wide in-process broker called `name`."""
@@ -116,6 +124,8 @@ class MemoryTransport:
         self._resumed.set()
         self.expired = 0
         """Messages not delivered to this client because they went stale first."""
+        self._streak = 0
+        """Hand-overs published since this client last gave the loop a turn."""
 
     @property
     def connected(self) -> bool:
@@ -164,7 +174,8 @@ class MemoryTransport:
         making its MQTT message: a receiver that cannot take the hand-over now (paused,
         behind a backlog, no `on_local`) or a shared subscription gets
         `local.message()`, made then (once). None when no receiver is paused now,
-        else an awaitable that waits for room like `publish` (`InProcessTransport`)."""
+        else an awaitable that waits for room like `publish` (`InProcessTransport`),
+        or gives the loop a turn (`TURN_EVERY`)."""
         if self._on_message is None:
             self._require_connected()
         broker = self._broker
@@ -183,7 +194,15 @@ class MemoryTransport:
                 client.push(_copy(local.message(), ids, retain=False))
             if client.paused:  # the receiver's queue may have filled up
                 paused = [client] if paused is None else [*paused, client]
-        return None if paused is None else _wait_for_room(paused)
+        if paused is not None:
+            return _wait_for_room(paused)
+        if not receivers:
+            return None
+        self._streak += 1
+        if self._streak < TURN_EVERY:
+            return None
+        self._streak = 0
+        return asyncio.sleep(0)  # the receivers' turn (see `TURN_EVERY`)
 
     async def subscribe(self, topic_filter: str, subscription_id: int, qos: int = 1) -> None:
         self._require_connected()
