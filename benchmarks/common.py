@@ -204,6 +204,8 @@ def percentiles(samples: list[float], lost: int) -> RoundTrip:
 
 def spread(values: list[float]) -> str:
     """``median ±half-range%`` of one metric's rounds."""
+    if not values:
+        return "-"  # not measured in this run (`--only`)
     good = [v for v in values if v == v and v > 0]
     if not good:
         return "FAILED"
