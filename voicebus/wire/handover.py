@@ -5,13 +5,14 @@ route, read the envelope) that MQTT needs.
 The emitting bus publishes a `Handover` (`MemoryTransport.publish_local`) when
 the payload survives JSON unchanged (`plain`): strings, integers, floats,
 booleans, None, and dicts and lists of them; not on a binary route or one
-with topic-only keys, whose received data is rebuilt from the topic. Each receiver
-then builds its `Event` with `received`: the same values an MQTT receiver decodes
-(the same envelope rules: an empty source is absent, a missing correlation id is
-the payload's ``sessionId``). The data is frozen once, at emit (`freeze`: a copy,
-so what the sender does to its own event reaches nobody), and shared by every
-receiving bus: a received event is read-only (see `Event`), and one such event
-serves every receiving bus without pre middleware. The payload was
+with topic-only keys, whose received data is rebuilt from the topic. It carries
+the receivers' event (`Handover.shared`), made once at emit: the same values an
+MQTT receiver decodes (the same envelope rules: an empty source is absent, a
+missing correlation id is the payload's ``sessionId``), its data and metadata
+frozen copies (`freeze`: what the sender does to its own event reaches nobody).
+A received event is read-only (see `Event`), so every receiving bus without pre
+middleware takes that one event; a bus with some gets a copy whose metadata they
+may change (`received`). The payload was
 validated by `codec.prepare`, which encoded its bytes too: they travel beside it
 (a receiver's size limit). The MQTT message (user properties, correlation data)
 is made only for a receiver that takes messages (`Handover.message`: a paused
