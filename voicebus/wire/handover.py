@@ -22,10 +22,11 @@ over MQTT); a retained event is never handed over (it is kept as a message).
 
 from __future__ import annotations
 
+from copy import copy
 from typing import Any, cast
 
 from .envelope import to_message
-from .events import FROZEN_EMPTY, Event, FrozenDict, ReadOnlyEvent, freeze, thaw
+from .events import FROZEN_EMPTY, Event, FrozenDict, ReadOnlyEvent, freeze, unseal_metadata
 from .fastdump import ATOMS
 from .message import Message
 from .routes import Route
@@ -137,17 +138,8 @@ def received(handover: Handover, middleware: bool) -> Event:
     shared = handover.shared
     if not middleware:
         return shared
-    event = _new(Event)
-    event.type = shared.type
-    event.data = shared.data
-    event.id = shared.id
-    event.source = shared.source
-    event.timestamp = shared.timestamp
-    event.correlation_id = shared.correlation_id
-    event.metadata = thaw(shared.metadata) if shared.metadata else {}
-    event.topic = shared.topic
-    event.parent_id = shared.parent_id
-    event.__class__ = ReadOnlyEvent
+    event = copy(shared)  # read-only still, sharing the frozen data
+    unseal_metadata(event)
     return event
 
 
